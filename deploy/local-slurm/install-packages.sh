@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install the Debian packages needed for a local single-host Slurm cluster with
+# accounting (see README.md beside this file). Idempotent: when everything is
+# already installed it only runs dpkg-query and exits.
+#
+# Works on Debian 12 (Slurm 22.05) and Debian 13 (Slurm 24.11): the package
+# names below exist in both releases. Must run as root (or via sudo).
+set -euo pipefail
+
+PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null || true)
+    # "ii " = installed and configured; anything else (absent, half-configured)
+    # gets (re)installed.
+    if [[ "$status" != ii* ]]; then
+        missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]} == 0)); then
+    echo "install-packages: all present (${PACKAGES[*]})"
+    exit 0
+fi
+
+if ((EUID != 0)); then
+    echo "install-packages: missing ${missing[*]}; run as root to install" >&2
+    exit 1
+fi
+
+echo "install-packages: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# Debian images used here ship /usr/sbin/policy-rc.d (exit 101), so the
+# postinst scripts do not start any daemon; start.sh runs them itself.
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-packages: done"

@@ -1,0 +1,3 @@
+"""ucloud-slurm-provider: a UCloud compute provider for a Slurm cluster."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,295 @@
+"""The command line: ``serve``, ``check-config``, ``jobs list|track|untrack``, ``verify --dry-run``, ``dev-core``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from provider.config import DEFAULT_CONFIG_DIR, ConfigError, Settings, load_settings
+from provider.logs import configure_logging
+from provider.reconcile import DebounceRules
+from provider.slurm.select import BackendUnavailable, select_backend
+from provider.slurm.states import StateTable
+from provider.slurm.types import is_valid_slurm_id
+from provider.store import Store, StoreError
+from provider.sync import Belief, PassTimings, Synchronizer, now_ms
+from provider.ucloud.auth import PublicKeyError, load_public_key
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return int(args.func(args))
+    except (ConfigError, PublicKeyError, BackendUnavailable, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ucloud-slurm-provider", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", type=Path, default=None, help="TOML settings (default: embedded defaults)")
+        return p
+
+    serve = with_config(sub.add_parser("serve", help="run the provider daemon"))
+    serve.set_defaults(func=cmd_serve)
+
+    check = with_config(sub.add_parser("check-config", help="validate the settings and the files they name"))
+    check.set_defaults(func=cmd_check_config)
+
+    jobs = sub.add_parser("jobs", help="inspect and edit the job map")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    listing = with_config(jobs_sub.add_parser("list", help="every tracked job"))
+    listing.add_argument("--json", action="store_true", help="one JSON object a line")
+    listing.set_defaults(func=cmd_jobs_list)
+    track = with_config(jobs_sub.add_parser("track", help="map a UCloud job to an existing Slurm job"))
+    track.add_argument("ucloud_id")
+    track.add_argument("slurm_id")
+    track.add_argument("--name", help="the Slurm job name that proves identity (default: the name Slurm reports)")
+    track.add_argument("--force", action="store_true", help="track even if Slurm does not know the job now")
+    track.set_defaults(func=cmd_jobs_track)
+    untrack = with_config(jobs_sub.add_parser("untrack", help="forget a UCloud job (nothing is sent to Core)"))
+    untrack.add_argument("ucloud_id")
+    untrack.set_defaults(func=cmd_jobs_untrack)
+
+    verify = with_config(sub.add_parser("verify", help="show what the next reconciliation pass would send"))
+    verify.add_argument("--dry-run", action="store_true", required=True, help="send nothing (required)")
+    verify.set_defaults(func=cmd_verify_dry_run)
+
+    dev = sub.add_parser("dev-core", help="a local stand-in for UCloud/Core, for development and tests")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    dev_serve = dev_sub.add_parser("serve", help="write keys and a refresh token, then serve Core's API")
+    dev_serve.add_argument("--dir", type=Path, default=Path(DEFAULT_CONFIG_DIR), help="where the key files go")
+    dev_serve.add_argument("--provider-id", default="slurm")
+    dev_serve.add_argument("--host", default="127.0.0.1")
+    dev_serve.add_argument("--port", type=int, default=8080)
+    dev_serve.add_argument("--record", type=Path, help="append every accepted update request to this file")
+    dev_serve.set_defaults(func=cmd_dev_core_serve)
+    dev_verify = dev_sub.add_parser("verify", help="send the provider a verify signed as Core signs")
+    dev_verify.add_argument("--dir", type=Path, default=Path(DEFAULT_CONFIG_DIR))
+    dev_verify.add_argument("--provider-id", default="slurm")
+    dev_verify.add_argument("--provider-url", default="http://127.0.0.1:8889")
+    dev_verify.add_argument("--body", type=Path, help="send this file's bytes as the body")
+    dev_verify.add_argument("jobs", nargs="*", metavar="JOB[:STATE]", help="job ids Core believes active")
+    dev_verify.set_defaults(func=cmd_dev_core_verify)
+    return parser
+
+
+# -- serve and check-config ------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from provider.web import ConfigurationProblem, make_app
+
+    settings = load_settings(args.config)
+    configure_logging(settings.logging.level, settings.logging.format)
+    try:
+        app = make_app(settings)
+    except ConfigurationProblem as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    log.info("serve.starting", host=settings.server.host, port=settings.server.port, provider_id=settings.provider.id)
+    web.run_app(app, host=settings.server.host, port=settings.server.port, print=None, access_log=None)
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    problems = check_files(settings)
+    source = str(args.config) if args.config else "embedded defaults"
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
+    print(f"{source}: OK (provider {settings.provider.id}, backend {settings.slurm.backend}, store {settings.store.path})")
+    return EXIT_OK
+
+
+def check_files(settings: Settings) -> list[str]:
+    """Problems with the files the settings name: the key, the refresh token, the store's folder."""
+    problems: list[str] = []
+    try:
+        load_public_key(settings.ucloud.public_key_file)
+    except PublicKeyError as exc:
+        problems.append(f"[ucloud] public_key_file: {exc}")
+    token_file = settings.ucloud.refresh_token_file
+    try:
+        if not token_file.read_text(encoding="utf-8").strip():
+            problems.append(f"[ucloud] refresh_token_file: {token_file} is empty")
+    except OSError as exc:
+        problems.append(f"[ucloud] refresh_token_file: {token_file}: cannot be read: {exc.strerror}")
+    parent = settings.store.path.parent
+    if parent.exists() and not parent.is_dir():
+        problems.append(f"[store] path: {parent} is not a directory")
+    return problems
+
+
+# -- jobs --------------------------------------------------------------------------------------------
+
+
+def open_store(settings: Settings) -> Store:
+    return Store(settings.store.path)
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    store = open_store(load_settings(args.config))
+    jobs = store.all_jobs()
+    if args.json:
+        for job in jobs:
+            print(json.dumps({**job.__dict__, "state": job.state.value}))
+        return EXIT_OK
+    rows = [("UCLOUD ID", "SLURM ID", "STATE", "SLURM STATE", "MISSES", "STATUS")]
+    rows += [
+        (j.ucloud_id, j.slurm_id, j.state.value, j.slurm_state or "-", str(j.miss_count), j.status or "-")
+        for j in jobs
+    ]
+    print_table(rows)
+    return EXIT_OK
+
+
+def cmd_jobs_track(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    if not is_valid_slurm_id(args.slurm_id):
+        print(f"error: {args.slurm_id!r} is not a Slurm job id (digits, or <array id>_<task>)", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging("warning", "console")
+    found, problem = asyncio.run(_lookup(settings, args.slurm_id))
+    if found is None:
+        if not args.force:
+            print(f"error: {problem}; use --force to track it anyway", file=sys.stderr)
+            return EXIT_FAILED
+        name = args.name
+    else:
+        if args.name is not None and args.name != found:
+            print(f"error: Slurm job {args.slurm_id} is named {found!r}, not {args.name!r}", file=sys.stderr)
+            return EXIT_FAILED
+        name = found
+    now = now_ms()
+    store = open_store(settings)
+    store.track(
+        ucloud_id=args.ucloud_id,
+        slurm_id=args.slurm_id,
+        cluster=settings.slurm.cluster,
+        expected_name=name,
+        submitted_at=now,
+        now=now,
+    )
+    print(f"tracking UCloud job {args.ucloud_id} as Slurm job {args.slurm_id} (name check: {name!r})")
+    return EXIT_OK
+
+
+async def _lookup(settings: Settings, slurm_id: str) -> tuple[str | None, str]:
+    """``(the Slurm job's name, "")``, or ``(None, why it could not be found)``."""
+    backend = select_backend(settings.slurm)
+    live = await backend.live_jobs()
+    if live.ok and slurm_id in live.jobs:
+        return live.jobs[slurm_id].name, ""
+    history = await backend.finished_jobs([slurm_id])
+    if history.ok and slurm_id in history.jobs:
+        return history.jobs[slurm_id].name, ""
+    if not live.ok or not history.ok:
+        return None, f"Slurm could not be asked about job {slurm_id} ({live.error or history.error})"
+    return None, f"Slurm does not know job {slurm_id} (neither squeue nor sacct lists it)"
+
+
+def cmd_jobs_untrack(args: argparse.Namespace) -> int:
+    store = open_store(load_settings(args.config))
+    if not store.untrack(args.ucloud_id):
+        print(f"error: UCloud job {args.ucloud_id} is not tracked", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"no longer tracking UCloud job {args.ucloud_id}")
+    return EXIT_OK
+
+
+def cmd_verify_dry_run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging("warning", "console")
+    report = asyncio.run(_plan(settings))
+    rows = [("UCLOUD ID", "SLURM ID", "NOW", "WOULD SEND", "WHY")]
+    for d in report.decisions:
+        send = "-" if d.update is None else f"{d.update.state.value if d.update.state else ''} {d.update.status or ''}"
+        rows.append(
+            (d.ucloud_id, d.tracked.slurm_id if d.tracked else "-", d.tracked.state.value if d.tracked else "-", send, d.reason)
+        )
+    print_table(rows)
+    if report.slurm_failed:
+        print("note: a Slurm query failed; jobs it could not see are left as they are", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _plan(settings: Settings):  # type: ignore[no-untyped-def]
+    rec = settings.reconcile
+    sync = Synchronizer(
+        Store(settings.store.path),
+        select_backend(settings.slurm),
+        StateTable(settings.slurm.states),
+        DebounceRules(rec.missing_checks, int(rec.missing_window * 1000), int(rec.missing_min_age * 1000)),
+        PassTimings(int(rec.unknown_job_grace * 1000), rec.confirm_interval),
+    )
+    return await sync.plan({}, include_active=True)
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- dev-core ----------------------------------------------------------------------------------------
+
+
+def cmd_dev_core_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from provider.ucloud.devcore import DevCore, DevCoreKeys
+
+    configure_logging("info", "console")
+    keys = DevCoreKeys.load_or_create(args.dir)
+    core = DevCore(keys, args.provider_id, record_file=args.record)
+    print(f"dev-core: public key {keys.public_key_file}, refresh token {keys.refresh_token_file}", flush=True)
+    web.run_app(core.make_app(), host=args.host, port=args.port, print=None, access_log=None)
+    return EXIT_OK
+
+
+def cmd_dev_core_verify(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from provider.ucloud.devcore import DevCoreKeys, job_body, send_verify
+
+    keys = DevCoreKeys.load_or_create(args.dir)
+    if args.body:
+        body: bytes | dict[str, object] = args.body.read_bytes()
+    else:
+        items = []
+        for spec in args.jobs:
+            job_id, _, state = spec.partition(":")
+            items.append(job_body(job_id, state or "RUNNING"))
+        body = {"items": items}
+
+    async def send() -> tuple[int, object]:
+        async with aiohttp.ClientSession() as session:
+            return await send_verify(session, args.provider_url, args.provider_id, keys, body)
+
+    status, answer = asyncio.run(send())
+    print(f"{status} {json.dumps(answer)}")
+    return EXIT_OK if status == 200 else EXIT_FAILED

@@ -1,0 +1,129 @@
+"""Settings: TOML written by the cluster admin -> validated settings. Every error names the file and the key.
+
+Every key has an embedded default, so ``serve`` runs with no file at all; ``config.example.toml``
+documents each key. Unknown keys are errors: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_DIR = "/etc/ucloud-slurm-provider"
+DEFAULT_STATE_DIR = "/var/lib/ucloud-slurm-provider"
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderSection(_Section):
+    id: str = Field(default="slurm", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class ServerSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8889, ge=1, le=65535)
+
+
+class UCloudSection(_Section):
+    url: str = Field(default="http://127.0.0.1:8080", pattern=r"^https?://[^/\s]+(/.*)?$")
+    refresh_token_file: Path = Path(DEFAULT_CONFIG_DIR) / "refresh_token"
+    public_key_file: Path = Path(DEFAULT_CONFIG_DIR) / "ucloud_key.pub"
+    timeout: PositiveSeconds = 10.0  # seconds for one call to Core
+
+
+class SlurmSection(_Section):
+    backend: Literal["auto", "pyslurm", "cli"] = "auto"
+    cluster: str = ""  # "" = ClusterName from the running Slurm's configuration
+    conf: str = ""  # SLURM_CONF for every Slurm call; "" = inherit (or Slurm's own default)
+    bin_dir: str = ""  # where squeue/sacct/sbatch live; "" = PATH
+    query_timeout: PositiveSeconds = 30.0
+    states: dict[str, str] = Field(default_factory=dict)  # Slurm state -> UCloud state or "KEEP"
+
+    @field_validator("states")
+    @classmethod
+    def _known_targets(cls, states: dict[str, str]) -> dict[str, str]:
+        allowed = {"IN_QUEUE", "RUNNING", "SUCCESS", "FAILURE", "EXPIRED", "SUSPENDED", "KEEP"}
+        for slurm_state, target in states.items():
+            if target.upper() not in allowed:
+                raise ValueError(f"{slurm_state} = {target!r}: must be one of {', '.join(sorted(allowed))}")
+        return {k.upper(): v.upper() for k, v in states.items()}
+
+
+class StoreSection(_Section):
+    path: Path = Path(DEFAULT_STATE_DIR) / "provider.sqlite3"
+
+
+class ReconcileSection(_Section):
+    interval: PositiveSeconds = 15.0  # seconds between the daemon's own passes over its active jobs
+    max_interval: PositiveSeconds = 120.0  # the back-off ceiling while Slurm fails
+    unknown_job_grace: Annotated[float, Field(ge=0)] = 60.0  # seconds a job Core knows but we don't is spared
+    missing_checks: Annotated[int, Field(ge=1)] = 3
+    missing_window: Annotated[float, Field(ge=0)] = 120.0
+    missing_min_age: Annotated[float, Field(ge=0)] = 300.0
+    confirm_interval: PositiveSeconds = 30.0  # seconds between confirming checks of a missing job
+    outbox_batch: Annotated[int, Field(ge=1, le=100)] = 100
+    outbox_max_backoff: PositiveSeconds = 60.0
+
+
+class LoggingSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(_Section):
+    provider: ProviderSection = ProviderSection()
+    server: ServerSection = ServerSection()
+    ucloud: UCloudSection = UCloudSection()
+    slurm: SlurmSection = SlurmSection()
+    store: StoreSection = StoreSection()
+    reconcile: ReconcileSection = ReconcileSection()
+    logging: LoggingSection = LoggingSection()
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, the key and what is wrong."""
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Read and validate ``path``; ``None`` means the embedded defaults."""
+    if path is None:
+        return Settings()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return settings_from_dict(raw, source=str(path))
+
+
+def settings_from_dict(raw: dict[str, Any], source: str = "<config>") -> Settings:
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"{source}: {_key(err['loc'])}: {_message(err)}" for err in exc.errors()]
+        raise ConfigError("\n".join(problems)) from None
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if len(parts) >= 2:
+        return f"[{parts[0]}] {'.'.join(parts[1:])}"
+    return f"[{parts[0]}]" if parts else "(top level)"
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key (check the spelling against config.example.toml)"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")

@@ -1,0 +1,217 @@
+"""The reconciliation rules: (what Core believes, what we track, what Slurm says) -> what to tell Core.
+
+Pure functions over plain data. No I/O and no clock: ``now`` (Unix milliseconds) is passed in, so
+every rule is tested on its own. The caller (``provider.sync``) runs the Slurm queries, stores the
+decisions and queues the updates.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+from provider.slurm.states import StateTable
+from provider.slurm.types import QueryResult, SlurmJob
+from provider.ucloud.models import NO_LONGER_AVAILABLE, JobState, JobUpdate
+
+
+@dataclass(frozen=True)
+class TrackedJob:
+    """One row of the job map: a UCloud job and the Slurm job that runs it."""
+
+    ucloud_id: str
+    slurm_id: str
+    cluster: str
+    expected_name: str | None  # the Slurm job name that proves the id is still ours; None = not checked
+    submitted_at: int  # ms
+    state: JobState  # the state the provider last decided for Core
+    status: str | None = None
+    slurm_state: str | None = None
+    miss_count: int = 0
+    first_missed_at: int | None = None  # ms; when the current run of misses began
+
+
+@dataclass(frozen=True)
+class DebounceRules:
+    """When a job absent from Slurm counts as gone: all three must hold.
+
+    ``checks`` consecutive successful passes without it, spanning ``window_ms``, and the job submitted at
+    least ``min_age_ms`` ago (sacct lags behind submission by seconds; after a slurmdbd outage by more).
+    """
+
+    checks: int = 3
+    window_ms: int = 120_000
+    min_age_ms: int = 300_000
+
+
+class Seen(enum.Enum):
+    FOUND = "found"
+    MISSING = "missing"  # both queries succeeded and neither lists the job (as ours)
+    UNKNOWN = "unknown"  # a query failed: no evidence either way
+
+
+@dataclass(frozen=True)
+class Observation:
+    seen: Seen
+    job: SlurmJob | None = None
+    source: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome for one job: the new tracked row (if tracked), the update for Core (if any), and why."""
+
+    ucloud_id: str
+    reason: str
+    update: JobUpdate | None = None
+    tracked: TrackedJob | None = None
+    recheck: bool = False  # a confirming check should follow soon (debounce, grace period)
+
+
+def needs_history(job: TrackedJob, live: QueryResult) -> bool:
+    """Whether sacct must be asked about this job: it is not (as ours) among slurmctld's jobs."""
+    return not live.ok or _ours(job, live.jobs.get(job.slurm_id)) is None
+
+
+def observe(job: TrackedJob, live: QueryResult, history: QueryResult | None) -> Observation:
+    """Combine the live (squeue) and history (sacct) answers into one observation of ``job``.
+
+    - slurmctld lists the job: that is the truth.
+    - slurmctld could not be asked: only a *final* accounting record counts (a live state from sacct may
+      lag behind, e.g. PENDING for a job that already runs).
+    - slurmctld does not list it: accounting decides; a non-final accounting record of a job slurmctld
+      no longer holds is a stale record (a wiped controller), so the job is missing.
+    """
+    if live.ok:
+        found = _ours(job, live.jobs.get(job.slurm_id))
+        if found is not None:
+            return Observation(Seen.FOUND, found, "squeue")
+    if history is None or not history.ok:
+        failed = live if not live.ok else history
+        why = failed.error if failed is not None else "sacct was not asked"
+        return Observation(Seen.UNKNOWN, detail=why)
+    record = history.jobs.get(job.slurm_id)
+    other = record is not None and _ours(job, record) is None
+    record = _ours(job, record)
+    if record is not None and _is_final_record(record):
+        return Observation(Seen.FOUND, record, "sacct")
+    if not live.ok:
+        return Observation(Seen.UNKNOWN, detail=f"squeue failed ({live.error}); sacct has no final record")
+    if other:
+        return Observation(Seen.MISSING, detail=f"Slurm id {job.slurm_id} now belongs to another job")
+    if record is not None:
+        return Observation(
+            Seen.MISSING,
+            detail=f"accounting still says {record.state.label} but slurmctld no longer knows the job",
+        )
+    return Observation(Seen.MISSING, detail="neither squeue nor sacct lists the job")
+
+
+def _ours(job: TrackedJob, found: SlurmJob | None) -> SlurmJob | None:
+    """The Slurm job if it carries our job's name (ids wrap; a wiped slurmctld starts again at 1)."""
+    if found is None:
+        return None
+    if job.expected_name is not None and found.name != job.expected_name:
+        return None
+    return found
+
+
+_FINAL_SLURM_STATES = frozenset(
+    {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"}
+)
+
+
+def _is_final_record(job: SlurmJob) -> bool:
+    return job.state.base in _FINAL_SLURM_STATES and "REQUEUED" not in job.state.flags
+
+
+def decide_tracked(
+    job: TrackedJob,
+    believed: JobState | None,
+    observation: Observation,
+    table: StateTable,
+    rules: DebounceRules,
+    now: int,
+) -> Decision:
+    """Decide what Core must hear about a tracked job.
+
+    ``believed`` is the state Core reported (verify); ``None`` means "what we last told Core" (monitor).
+    """
+    core_state = believed or job.state
+    if job.state.is_final:
+        if core_state != job.state:
+            return Decision(
+                job.ucloud_id,
+                f"already {job.state.value} here; Core still believes {core_state.value}: resending",
+                update=_update(job.state, job.status or "", core_state, now),
+                tracked=job,
+            )
+        return Decision(job.ucloud_id, f"final ({job.state.value}); nothing to do", tracked=job)
+
+    if observation.seen is Seen.UNKNOWN:
+        return Decision(job.ucloud_id, f"Slurm could not be asked, nothing changes: {observation.detail}", tracked=job)
+
+    if observation.seen is Seen.MISSING:
+        misses = job.miss_count + 1
+        first = job.first_missed_at if job.first_missed_at is not None else now
+        missing = replace(job, miss_count=misses, first_missed_at=first)
+        gone = (
+            misses >= rules.checks
+            and now - first >= rules.window_ms
+            and now - job.submitted_at >= rules.min_age_ms
+        )
+        if not gone:
+            return Decision(
+                job.ucloud_id,
+                f"missing from Slurm ({observation.detail}); check {misses} of {rules.checks}, waiting to confirm",
+                tracked=missing,
+                recheck=True,
+            )
+        final = replace(missing, state=JobState.FAILURE, status=NO_LONGER_AVAILABLE, slurm_state=None)
+        return Decision(
+            job.ucloud_id,
+            f"missing from Slurm in {misses} checks over {(now - first) // 1000} s ({observation.detail})",
+            update=JobUpdate(state=JobState.FAILURE, status=NO_LONGER_AVAILABLE, timestamp=now),
+            tracked=final,
+        )
+
+    assert observation.job is not None
+    mapped = table.map(observation.job)
+    seen = replace(job, miss_count=0, first_missed_at=None, slurm_state=observation.job.state.raw)
+    source = f"{observation.source} says {observation.job.state.raw or '(empty)'}"
+    if mapped.state is None:
+        why = "unmapped Slurm state, keeping the current state" if not mapped.mapped else "not decided yet"
+        return Decision(job.ucloud_id, f"{source}: {why}", tracked=seen)
+    tracked = replace(seen, state=mapped.state, status=mapped.status)
+    if mapped.state == core_state:
+        return Decision(job.ucloud_id, f"{source}: Core already has {core_state.value}", tracked=tracked)
+    return Decision(
+        job.ucloud_id,
+        f"{source}: {core_state.value} -> {mapped.state.value}",
+        update=_update(mapped.state, mapped.status, core_state, now),
+        tracked=tracked,
+    )
+
+
+def decide_untracked(ucloud_id: str, created_at: int, believed: JobState, grace_ms: int, now: int) -> Decision:
+    """A job Core believes active but the provider never tracked: it can never finish; fail it.
+
+    A job younger than ``grace_ms`` may be a create still in flight, so it only gets a recheck.
+    """
+    if believed.is_final:
+        return Decision(ucloud_id, "unknown here but already final in Core")
+    if now - created_at < grace_ms:
+        return Decision(ucloud_id, "unknown here but only just created; checking again after the grace period", recheck=True)
+    return Decision(
+        ucloud_id,
+        "the provider has no record of this job",
+        update=JobUpdate(state=JobState.FAILURE, status=NO_LONGER_AVAILABLE, timestamp=now),
+    )
+
+
+def _update(state: JobState, status: str, core_state: JobState, now: int) -> JobUpdate:
+    """A state change for Core. A non-final change names the state it expects to replace, so a stale
+    update can never overwrite a newer one; a final state needs no guard (Core never leaves one)."""
+    expected = None if state.is_final else core_state
+    return JobUpdate(state=state, status=status, expected_state=expected, timestamp=now)

@@ -1,0 +1,223 @@
+"""Reconciliation passes: one Slurm query set per pass, shared by verify, the monitor and confirmations.
+
+Requests (a verify batch, the monitor's tick, a scheduled confirming check) are merged into the next
+pass. A pass asks Slurm once (squeue for everything slurmctld holds, then one sacct for the ids that
+squeue does not list as ours), decides every job with the pure rules in ``provider.reconcile``, and
+stores the decisions and their updates for Core in one transaction. A verify of 1,000 jobs costs the
+same Slurm calls as a verify of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from provider.reconcile import (
+    DebounceRules,
+    Decision,
+    Observation,
+    Seen,
+    TrackedJob,
+    decide_tracked,
+    decide_untracked,
+    needs_history,
+    observe,
+)
+from provider.slurm.backend import SlurmBackend
+from provider.slurm.states import StateTable
+from provider.slurm.types import QueryResult
+from provider.store import Store
+from provider.ucloud.models import JobState
+
+log = structlog.get_logger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Belief:
+    """What Core told us about a job in a verify call; ``believed=None`` means "what we last told Core"."""
+
+    believed: JobState | None = None
+    created_at: int | None = None
+
+
+@dataclass(frozen=True)
+class PassReport:
+    decisions: list[Decision] = field(default_factory=list)
+    live_ok: bool | None = None  # None: Slurm was not asked (nothing active to look up)
+    history_ok: bool | None = None
+    queued: int = 0
+    error: str = ""
+
+    @property
+    def slurm_failed(self) -> bool:
+        return self.live_ok is False or self.history_ok is False
+
+
+@dataclass
+class PassTimings:
+    """Settings of the pass machinery that are not reconciliation rules."""
+
+    unknown_job_grace_ms: int = 60_000
+    confirm_interval_s: float = 30.0
+
+
+class Synchronizer:
+    """Merges reconciliation requests into passes and runs them one at a time.
+
+    >>> sync = Synchronizer(store, backend, StateTable(), DebounceRules())
+    >>> report = await sync.request({"54112": Belief(JobState.RUNNING, created_at=1633329776235)})
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        backend: SlurmBackend,
+        table: StateTable,
+        rules: DebounceRules,
+        timings: PassTimings | None = None,
+        *,
+        clock: Callable[[], int] = now_ms,
+        on_queued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.table = table
+        self.rules = rules
+        self.timings = timings or PassTimings()
+        self._clock = clock
+        self._on_queued = on_queued
+        self._pending: dict[str, Belief] = {}
+        self._include_active = False
+        self._next: asyncio.Future[PassReport] | None = None
+        self._wake = asyncio.Event()
+        self._rechecks: set[asyncio.TimerHandle] = set()
+        self.passes = 0
+        self.last_report: PassReport | None = None
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    def request(self, beliefs: Mapping[str, Belief]) -> asyncio.Future[PassReport]:
+        """Reconcile these jobs in the next pass; the future resolves with that pass's report."""
+        for ucloud_id, belief in beliefs.items():
+            if belief.believed is not None or ucloud_id not in self._pending:
+                self._pending[ucloud_id] = belief
+        return self._schedule()
+
+    def request_active(self) -> asyncio.Future[PassReport]:
+        """Reconcile every job the provider tracks as active (the monitor's tick)."""
+        self._include_active = True
+        return self._schedule()
+
+    def _schedule(self) -> asyncio.Future[PassReport]:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        self._wake.set()
+        return self._next
+
+    def _recheck_later(self, beliefs: dict[str, Belief], delay: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._rechecks.discard(handle)
+            self.request(beliefs)
+
+        handle = loop.call_later(delay, fire)
+        self._rechecks.add(handle)
+
+    # -- the worker ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run passes until cancelled."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                pending, self._pending = self._pending, {}
+                include_active, self._include_active = self._include_active, False
+                future, self._next = self._next, None
+                try:
+                    report = await self.run_pass(pending, include_active)
+                except Exception as exc:  # a bug or a broken store must not stop future passes
+                    log.exception("reconcile.pass_crashed")
+                    report = PassReport(error=f"{type(exc).__name__}: {exc}")
+                self.last_report = report
+                if future is not None and not future.done():
+                    future.set_result(report)
+        finally:
+            for handle in self._rechecks:
+                handle.cancel()
+            self._rechecks.clear()
+
+    async def run_pass(self, pending: Mapping[str, Belief], include_active: bool = False) -> PassReport:
+        """Decide, store and queue: one whole pass."""
+        report = await self.plan(pending, include_active)
+        now = self._clock()
+        queued = await asyncio.to_thread(self.store.apply, report.decisions, now)
+        self.passes += 1
+        if queued:
+            self._on_queued()
+        rechecks = {
+            d.ucloud_id: pending.get(d.ucloud_id, Belief()) if d.tracked is None else Belief()
+            for d in report.decisions
+            if d.recheck
+        }
+        if rechecks:
+            self._recheck_later(rechecks, self.timings.confirm_interval_s)
+        for decision in report.decisions:
+            if decision.update is not None:
+                log.info(
+                    "job.update_queued",
+                    ucloud_id=decision.ucloud_id,
+                    slurm_id=decision.tracked.slurm_id if decision.tracked else None,
+                    state=decision.update.state.value if decision.update.state else None,
+                    reason=decision.reason,
+                )
+            else:
+                log.debug("job.checked", ucloud_id=decision.ucloud_id, reason=decision.reason)
+        return PassReport(report.decisions, report.live_ok, report.history_ok, queued)
+
+    async def plan(self, pending: Mapping[str, Belief], include_active: bool = False) -> PassReport:
+        """Decide what every requested job needs, asking Slurm once; store and send nothing."""
+        beliefs = dict(pending)
+        tracked: dict[str, TrackedJob] = await asyncio.to_thread(self.store.get, beliefs.keys())
+        if include_active:
+            for job in await asyncio.to_thread(self.store.active):
+                tracked.setdefault(job.ucloud_id, job)
+                beliefs.setdefault(job.ucloud_id, Belief())
+        now = self._clock()
+        decisions: list[Decision] = []
+        to_observe: list[TrackedJob] = []
+        for ucloud_id, belief in beliefs.items():
+            job = tracked.get(ucloud_id)
+            if job is None:
+                if belief.believed is not None and belief.created_at is not None:
+                    decisions.append(
+                        decide_untracked(
+                            ucloud_id, belief.created_at, belief.believed, self.timings.unknown_job_grace_ms, now
+                        )
+                    )
+            elif job.state.is_final:
+                decisions.append(self._decide(job, belief, Observation(Seen.UNKNOWN), now))
+            else:
+                to_observe.append(job)
+        if not to_observe:
+            return PassReport(decisions)
+
+        live = await self.backend.live_jobs()
+        history_ids = [job.slurm_id for job in to_observe if needs_history(job, live)]
+        history: QueryResult | None = await self.backend.finished_jobs(history_ids) if history_ids else None
+        now = self._clock()
+        for job in to_observe:
+            decisions.append(self._decide(job, beliefs[job.ucloud_id], observe(job, live, history), now))
+        return PassReport(decisions, live.ok, history.ok if history is not None else None)
+
+    def _decide(self, job: TrackedJob, belief: Belief, observation: Observation, now: int) -> Decision:
+        return decide_tracked(job, belief.believed, observation, self.table, self.rules, now)

@@ -1,0 +1,134 @@
+"""The client for UCloud/Core's side of the API: access tokens and ``/api/jobs/control/update``.
+
+The provider authenticates with its refresh token at ``/auth/providers/refresh`` and gets a 10-minute
+RS256 access token. Like Core's own Go client it refreshes when fewer than 3 minutes remain, under one
+lock so concurrent calls share one refresh, and refreshes once more if Core answers 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import jwt
+import structlog
+
+log = structlog.get_logger(__name__)
+
+REFRESH_MARGIN_SECONDS = 180
+# Core names the one job it refuses: "Not found or permission denied (54112)" or
+# "Unknown job or permission denied (54112)".
+_REJECTED_ID = re.compile(r"(?:not found|unknown job) or permission denied \(([^)]+)\)", re.IGNORECASE)
+
+
+class CoreUnavailable(Exception):
+    """Core could not be reached or answered with an error other than a per-job rejection."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """The outcome of one update request: all delivered, or the ids Core refused (404), or an error."""
+
+    delivered: bool
+    rejected_ids: frozenset[str] = field(default_factory=frozenset)
+    rejected_unnamed: bool = False  # a 404 that did not say which id
+    error: str = ""
+
+
+class CoreClient:
+    def __init__(
+        self,
+        base_url: str,
+        refresh_token: str,
+        session: aiohttp.ClientSession,
+        *,
+        timeout: float = 10.0,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._refresh_token = refresh_token
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._lock = asyncio.Lock()
+        self.refreshes = 0
+
+    async def access_token(self, *, force: bool = False) -> str:
+        async with self._lock:
+            if force or self._token is None or self._token_expires - time.time() < REFRESH_MARGIN_SECONDS:
+                await self._refresh()
+            assert self._token is not None
+            return self._token
+
+    async def _refresh(self) -> None:
+        body = {"items": [{"refreshToken": self._refresh_token}]}
+        try:
+            async with self._session.post(
+                f"{self._base}/auth/providers/refresh", json=body, timeout=self._timeout
+            ) as resp:
+                payload = await _json(resp)
+                if resp.status != 200:
+                    raise CoreUnavailable(f"token refresh answered {resp.status}: {_why(payload)}")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise CoreUnavailable(f"token refresh failed: {type(exc).__name__}: {exc}") from None
+        try:
+            token = payload["responses"][0]["accessToken"]
+            # Core signed it; we only read when it runs out, to refresh in time.
+            exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+        except (KeyError, IndexError, TypeError, jwt.PyJWTError) as exc:
+            raise CoreUnavailable(f"token refresh gave an unusable answer ({exc!r})") from None
+        self._token, self._token_expires = token, float(exp)
+        self.refreshes += 1
+        log.info("core.token_refreshed", expires_in=int(self._token_expires - time.time()))
+
+    async def push_updates(self, items: Sequence[dict[str, Any]]) -> PushResult:
+        """``POST /api/jobs/control/update`` with ``{"items": items}``."""
+        body = {"items": list(items)}
+        for attempt in (1, 2):
+            try:
+                token = await self.access_token(force=attempt == 2)
+                async with self._session.post(
+                    f"{self._base}/api/jobs/control/update",
+                    json=body,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=self._timeout,
+                ) as resp:
+                    payload = await _json(resp)
+                    status = resp.status
+            except CoreUnavailable as exc:
+                return PushResult(False, error=str(exc))
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                return PushResult(False, error=f"{type(exc).__name__}: {exc}")
+            if status == 401 and attempt == 1:
+                log.info("core.unauthorized_retry")
+                continue
+            if 200 <= status < 300:
+                return PushResult(True)
+            why = _why(payload)
+            if status in (403, 404):
+                match = _REJECTED_ID.search(why)
+                if match:
+                    return PushResult(False, rejected_ids=frozenset({match.group(1)}), error=why)
+                return PushResult(False, rejected_unnamed=True, error=f"{status}: {why}")
+            return PushResult(False, error=f"{status}: {why}")
+        return PushResult(False, error="unauthorized after a token refresh")
+
+
+async def _json(resp: aiohttp.ClientResponse) -> Any:
+    text = await resp.text()
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {"why": text[:300]}
+
+
+def _why(payload: Any) -> str:
+    if isinstance(payload, dict):
+        return str(payload.get("why", "")) or str(payload)[:300]
+    return str(payload)[:300]

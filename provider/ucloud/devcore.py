@@ -1,0 +1,361 @@
+"""A local stand-in for UCloud/Core (``ucloud-slurm-provider dev-core``), strict about the wire format.
+
+It does what Core does for a provider, and no more: it owns the provider's RSA keypair and refresh
+token (written to files exactly as UCloud hands them out at registration), answers
+``/auth/providers/refresh`` with RS256 access tokens, accepts ``/api/jobs/control/update`` only from a
+valid provider token with a well-formed body, applies updates with Core's rules (``expectedState``,
+final states are final), and signs verify calls to the provider as Core signs them. Tests and the
+README's demo use it; it keeps every update it received for inspection (``GET /dev/updates``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import structlog
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+log = structlog.get_logger(__name__)
+
+ISSUER = "cloud.sdu.dk"
+TOKEN_LIFETIME = 600
+JOB_STATES = ("IN_QUEUE", "RUNNING", "SUCCESS", "FAILURE", "EXPIRED", "SUSPENDED")
+FINAL = ("SUCCESS", "FAILURE", "EXPIRED")
+UPDATE_KEYS = frozenset(
+    {
+        "state",
+        "outputFolder",
+        "status",
+        "expectedState",
+        "expectedDifferentState",
+        "newTimeAllocation",
+        "allowRestart",
+        "newMounts",
+        "resourceList",
+        "timestamp",
+    }
+)
+
+
+@dataclass
+class DevCoreKeys:
+    """The files UCloud hands a provider at registration, plus Core's private key."""
+
+    private_key: rsa.RSAPrivateKey
+    refresh_token: str
+    directory: Path
+
+    @property
+    def public_key_file(self) -> Path:
+        return self.directory / "ucloud_key.pub"
+
+    @property
+    def refresh_token_file(self) -> Path:
+        return self.directory / "refresh_token"
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> DevCoreKeys:
+        """Reuse the keypair and token in ``directory``, or write new ones (private files mode 600)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        private_file = directory / "devcore_private_key.pem"
+        token_file = directory / "refresh_token"
+        if private_file.exists() and token_file.exists():
+            key = serialization.load_pem_private_key(private_file.read_bytes(), password=None)
+            assert isinstance(key, rsa.RSAPrivateKey)
+            keys = cls(key, token_file.read_text().strip(), directory)
+        else:
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            keys = cls(key, secrets.token_hex(32), directory)
+            _write_private(
+                private_file,
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                ),
+            )
+            _write_private(token_file, (keys.refresh_token + "\n").encode())
+        der = keys.private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        keys.public_key_file.write_text(base64.b64encode(der).decode() + "\n")
+        return keys
+
+    def service_token(self, *, lifetime: int = TOKEN_LIFETIME, now: int | None = None, **overrides: Any) -> str:
+        """A token as Core signs its calls to the provider."""
+        iat = int(time.time()) if now is None else now
+        claims: dict[str, Any] = {
+            "principalType": "service",
+            "role": "SERVICE",
+            "sub": "_UCloud",
+            "exp": iat + lifetime,
+            "iat": iat,
+            "aud": ["all:write"],
+            "iss": ISSUER,
+        }
+        claims.update(overrides)
+        claims = {k: v for k, v in claims.items() if v is not None}
+        return jwt.encode(claims, self.private_key, algorithm="RS256")
+
+    def provider_token(self, provider_id: str, *, lifetime: int = TOKEN_LIFETIME) -> str:
+        """An access token as Core issues it to a provider at ``/auth/providers/refresh``."""
+        iat = int(time.time())
+        claims = {
+            "principalType": "provider",
+            "role": "PROVIDER",
+            "sub": f"#P_{provider_id}",
+            "exp": iat + lifetime,
+            "iat": iat,
+            "aud": ["all:write"],
+            "iss": ISSUER,
+        }
+        return jwt.encode(claims, self.private_key, algorithm="RS256")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_bytes(data)
+
+
+class WireError(ValueError):
+    """A body Core would refuse."""
+
+
+@dataclass
+class DevCore:
+    """The state of the stand-in: known jobs and their states, every update received, injected faults."""
+
+    keys: DevCoreKeys
+    provider_id: str
+    record_file: Path | None = None
+    jobs: dict[str, str] = field(default_factory=dict)  # job id -> state, as Core holds it
+    requests: list[list[dict[str, Any]]] = field(default_factory=list)  # every accepted update request
+    refreshes: int = 0
+    accept_unknown_jobs: bool = True
+    deleted_jobs: set[str] = field(default_factory=set)  # answered 404, as Core does for deleted jobs
+    fail_with: int | None = None  # answer every update with this status (Core down or broken)
+    access_lifetime: int = TOKEN_LIFETIME
+
+    @property
+    def updates(self) -> list[dict[str, Any]]:
+        """Every accepted ``{"id", "update"}`` item, in arrival order."""
+        return [item for request in self.requests for item in request]
+
+    def updates_for(self, job_id: str) -> list[dict[str, Any]]:
+        return [item["update"] for item in self.updates if item["id"] == job_id]
+
+    def register(self, job_id: str, state: str = "IN_QUEUE") -> None:
+        self.jobs[job_id] = state
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/auth/providers/refresh", self._refresh)
+        app.router.add_post("/api/jobs/control/update", self._update)
+        app.router.add_get("/dev/updates", self._dump_updates)
+        app.router.add_get("/dev/jobs", self._dump_jobs)
+        return app
+
+    async def _refresh(self, request: web.Request) -> web.Response:
+        try:
+            body = _json_object(await request.read())
+            items = _items(body)
+            tokens = []
+            for item in items:
+                _exact_keys(item, {"refreshToken"}, "items[]")
+                if not isinstance(item["refreshToken"], str):
+                    raise WireError("refreshToken must be a string")
+                tokens.append(item["refreshToken"])
+        except WireError as exc:
+            return _error(400, f"Invalid request supplied: {exc}")
+        if any(not secrets.compare_digest(t, self.keys.refresh_token) for t in tokens):
+            return _error(401, "Unauthorized")
+        self.refreshes += 1
+        lifetime = self.access_lifetime
+        return web.json_response(
+            {
+                "responses": [
+                    {"accessToken": self.keys.provider_token(self.provider_id, lifetime=lifetime), "csrfToken": ""}
+                    for _ in tokens
+                ]
+            }
+        )
+
+    async def _update(self, request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return _error(403, "Forbidden")
+        try:
+            claims = jwt.decode(
+                header.removeprefix("Bearer "),
+                self.keys.private_key.public_key(),
+                algorithms=["RS256"],
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "iss", "sub"], "verify_aud": False},
+            )
+        except jwt.ExpiredSignatureError:
+            return _error(401, "Unauthorized")
+        except jwt.PyJWTError:
+            return _error(403, "Forbidden")
+        if claims.get("sub") != f"#P_{self.provider_id}" or claims.get("role") != "PROVIDER":
+            return _error(403, "Forbidden")
+        if self.fail_with is not None:
+            return _error(self.fail_with, "Injected failure")
+        raw = await request.read()
+        try:
+            items = [_check_update_item(item) for item in _items(_json_object(raw))]
+        except WireError as exc:
+            log.warning("devcore.rejected_body", why=str(exc))
+            return _error(400, f"Invalid request supplied: {exc}")
+        for item in items:
+            job_id = item["id"]
+            if job_id in self.deleted_jobs or (job_id not in self.jobs and not self.accept_unknown_jobs):
+                return _error(404, f"Not found or permission denied ({job_id})")
+        self.requests.append(items)
+        for item in items:
+            self._apply(item["id"], item["update"])
+            log.info("devcore.update", id=item["id"], **{k: v for k, v in item["update"].items() if v is not None})
+        if self.record_file is not None:
+            with self.record_file.open("a", encoding="utf-8") as out:
+                out.write(json.dumps({"items": items}, separators=(",", ":")) + "\n")
+        return web.json_response({})
+
+    def _apply(self, job_id: str, update: dict[str, Any]) -> None:
+        current = self.jobs.setdefault(job_id, "IN_QUEUE")
+        new = update.get("state")
+        if new is None:
+            return
+        if update.get("expectedState") is not None and update["expectedState"] != current:
+            return
+        if update.get("expectedDifferentState") and current == new:
+            return
+        if current in FINAL and new not in FINAL:
+            return
+        if current in FINAL:
+            return
+        self.jobs[job_id] = new
+
+    async def _dump_updates(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": self.requests})
+
+    async def _dump_jobs(self, request: web.Request) -> web.Response:
+        return web.json_response(self.jobs)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WireError(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise WireError("body must be a JSON object")
+    return body
+
+
+def _items(body: dict[str, Any]) -> list[Any]:
+    _exact_keys(body, {"items"}, "body")
+    if not isinstance(body["items"], list) or not body["items"]:
+        raise WireError("items must be a non-empty list")
+    return body["items"]
+
+
+def _exact_keys(obj: Any, keys: Iterable[str], where: str, *, optional: Iterable[str] = ()) -> None:
+    if not isinstance(obj, dict):
+        raise WireError(f"{where} must be an object")
+    required, allowed = set(keys), set(keys) | set(optional)
+    missing, extra = required - obj.keys(), obj.keys() - allowed
+    if missing or extra:
+        raise WireError(f"{where}: missing keys {sorted(missing)}, unexpected keys {sorted(extra)}")
+
+
+def _check_update_item(item: Any) -> dict[str, Any]:
+    _exact_keys(item, {"id", "update"}, "items[]")
+    if not isinstance(item["id"], str) or not item["id"]:
+        raise WireError("items[].id must be a non-empty string")
+    update = item["update"]
+    _exact_keys(update, {"timestamp"}, "items[].update", optional=UPDATE_KEYS)
+    ts = update["timestamp"]
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        raise WireError(f"items[].update.timestamp must be an integer, not {json.dumps(ts)}")
+    for key in ("state", "expectedState"):
+        value = update.get(key)
+        if value is not None and value not in JOB_STATES:
+            raise WireError(f"items[].update.{key} must be one of {JOB_STATES}, not {value!r}")
+    for key in ("status", "outputFolder"):
+        if update.get(key) is not None and not isinstance(update[key], str):
+            raise WireError(f"items[].update.{key} must be a string")
+    nta = update.get("newTimeAllocation")
+    if nta is not None and (not isinstance(nta, int) or isinstance(nta, bool)):
+        raise WireError("items[].update.newTimeAllocation must be integer milliseconds")
+    for key in ("expectedDifferentState", "allowRestart"):
+        if update.get(key) is not None and not isinstance(update[key], bool):
+            raise WireError(f"items[].update.{key} must be a boolean")
+    return item
+
+
+def _error(status: int, why: str) -> web.Response:
+    return web.json_response({"statusCode": status, "why": why, "errorCode": "", "detailedCode": 0}, status=status)
+
+
+# -- calling the provider as Core does ------------------------------------------------------------------
+
+
+def job_body(job_id: str, state: str = "RUNNING", *, created_at: int | None = None, provider: str = "example") -> dict[str, Any]:
+    """A Job as Core sends it in verify (the seed example's shape)."""
+    return {
+        "id": job_id,
+        "owner": {"createdBy": "user", "project": None},
+        "updates": [],
+        "specification": {
+            "application": {"name": "acme-batch", "version": "1.0.0"},
+            "product": {"id": "example-compute-1", "category": "example-compute", "provider": provider},
+            "name": None,
+            "replicas": 1,
+            "allowDuplicateJob": False,
+            "parameters": {},
+            "resources": None,
+            "timeAllocation": {"hours": 1, "minutes": 0, "seconds": 0},
+            "openedFile": None,
+            "restartOnExit": None,
+            "sshEnabled": None,
+        },
+        "status": {
+            "state": state,
+            "jobParametersJson": None,
+            "startedAt": None,
+            "expiresAt": None,
+            "resolvedApplication": None,
+            "resolvedSupport": None,
+            "resolvedProduct": None,
+            "allowRestart": False,
+        },
+        "createdAt": int(time.time() * 1000) - 3_600_000 if created_at is None else created_at,
+        "output": None,
+        "permissions": None,
+    }
+
+
+async def send_verify(
+    session: aiohttp.ClientSession, provider_url: str, provider_id: str, keys: DevCoreKeys, body: bytes | dict[str, Any]
+) -> tuple[int, Any]:
+    """POST a verify to the provider, signed as Core signs; like Core's Go client, no Content-Type."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with session.post(
+        f"{provider_url.rstrip('/')}/ucloud/{provider_id}/jobs/verify",
+        data=data,
+        headers={"Authorization": f"Bearer {keys.service_token()}"},
+        skip_auto_headers=["Content-Type"],
+    ) as resp:
+        text = await resp.text()
+        return resp.status, (json.loads(text) if text else None)

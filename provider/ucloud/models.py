@@ -1,0 +1,161 @@
+"""UCloud's wire models for jobs: what UCloud/Core sends the provider and what the provider sends back.
+
+Shapes follow UCloud/Core's Go API (``provider-integration/shared/pkg/orchestrators/jobs.go``) and the
+Kotlin-era documentation. Inbound models ignore unknown fields (Core adds fields over time) and accept
+``null`` wherever Core may send it; outbound models serialise every key, ``null`` included, exactly
+as the seed example shows.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+T = TypeVar("T")
+
+
+class JobState(str, enum.Enum):
+    """A UCloud job state. SUCCESS, FAILURE and EXPIRED are final: Core never leaves them."""
+
+    IN_QUEUE = "IN_QUEUE"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    EXPIRED = "EXPIRED"
+    SUSPENDED = "SUSPENDED"
+    # Known only to the retired Kotlin Core; accepted inbound, never sent.
+    CANCELING = "CANCELING"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.EXPIRED})
+
+
+class _Inbound(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class ResourceOwner(_Inbound):
+    created_by: str = Field(alias="createdBy")
+    project: str | None = None
+
+
+class NameAndVersion(_Inbound):
+    name: str
+    version: str
+
+
+class ProductReference(_Inbound):
+    id: str
+    category: str
+    provider: str
+
+
+class SimpleDuration(_Inbound):
+    hours: StrictInt = 0
+    minutes: StrictInt = 0
+    seconds: StrictInt = 0
+
+    def total_seconds(self) -> int:
+        return self.hours * 3600 + self.minutes * 60 + self.seconds
+
+
+class AppParameterValue(_Inbound):
+    """One parameter or resource value; only ``type`` is common to all, the rest depends on it."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    type: str
+
+
+class JobSpecification(_Inbound):
+    application: NameAndVersion
+    product: ProductReference
+    name: str | None = None
+    replicas: StrictInt = 1
+    allow_duplicate_job: bool | None = Field(default=None, alias="allowDuplicateJob")
+    parameters: dict[str, AppParameterValue] | None = None
+    resources: list[AppParameterValue] | None = None
+    time_allocation: SimpleDuration | None = Field(default=None, alias="timeAllocation")
+    opened_file: str | None = Field(default=None, alias="openedFile")
+    restart_on_exit: bool | None = Field(default=None, alias="restartOnExit")
+    ssh_enabled: bool | None = Field(default=None, alias="sshEnabled")
+
+
+class JobStatus(_Inbound):
+    state: JobState
+    started_at: StrictInt | None = Field(default=None, alias="startedAt")
+    expires_at: StrictInt | None = Field(default=None, alias="expiresAt")
+    allow_restart: bool | None = Field(default=None, alias="allowRestart")
+
+
+class Job(_Inbound):
+    """A UCloud job as Core sends it to the provider (create, verify, terminate, ...)."""
+
+    id: str = Field(min_length=1)
+    created_at: StrictInt = Field(alias="createdAt")
+    owner: ResourceOwner
+    specification: JobSpecification
+    status: JobStatus
+    provider_generated_id: str | None = Field(default=None, alias="providerGeneratedId")
+    updates: list[dict[str, Any]] | None = None
+
+
+class BulkRequest(_Inbound, Generic[T]):
+    """``{"items": [...]}``: the envelope of almost every UCloud call."""
+
+    items: list[T]
+
+
+class JobUpdate(BaseModel):
+    """One update for ``/api/jobs/control/update``.
+
+    Every key is always serialised, ``null`` included, in the order of the seed example, and
+    ``timestamp`` is an integer (Core's Go decoder rejects floats and ``null``; Core overwrites it).
+    """
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+    state: JobState | None = None
+    output_folder: str | None = Field(default=None, alias="outputFolder")
+    status: str | None = None
+    expected_state: JobState | None = Field(default=None, alias="expectedState")
+    expected_different_state: bool | None = Field(default=None, alias="expectedDifferentState")
+    new_time_allocation: StrictInt | None = Field(default=None, alias="newTimeAllocation")
+    allow_restart: bool | None = Field(default=None, alias="allowRestart")
+    new_mounts: list[Any] | None = Field(default=None, alias="newMounts")
+    timestamp: StrictInt = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class ResourceUpdateAndId(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+    id: str
+    update: JobUpdate
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": self.id, "update": self.update.to_wire()}
+
+
+class ErrorBody(BaseModel):
+    """UCloud's error body. Core reads only ``why`` and ``errorCode``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    status_code: int = Field(alias="statusCode")
+    why: str
+    error_code: str = Field(default="", alias="errorCode")
+    detailed_code: int = Field(default=0, alias="detailedCode")
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+NO_LONGER_AVAILABLE = "Your job is no longer available"
