@@ -67,6 +67,7 @@ class Decision:
     update: JobUpdate | None = None
     tracked: TrackedJob | None = None
     recheck: bool = False  # a confirming check should follow soon (debounce, grace period)
+    unmapped_state: str | None = None  # a Slurm state the table does not know: an admin should look
 
 
 def needs_history(job: TrackedJob, live: QueryResult) -> bool:
@@ -181,8 +182,10 @@ def decide_tracked(
     seen = replace(job, miss_count=0, first_missed_at=None, slurm_state=observation.job.state.raw)
     source = f"{observation.source} says {observation.job.state.raw or '(empty)'}"
     if mapped.state is None:
-        why = "unmapped Slurm state, keeping the current state" if not mapped.mapped else "not decided yet"
-        return Decision(job.ucloud_id, f"{source}: {why}", tracked=seen)
+        if not mapped.mapped:
+            reason = f"{source}: unmapped Slurm state, keeping the current state"
+            return Decision(job.ucloud_id, reason, tracked=seen, unmapped_state=observation.job.state.raw)
+        return Decision(job.ucloud_id, f"{source}: not decided yet", tracked=seen)
     tracked = replace(seen, state=mapped.state, status=mapped.status)
     if mapped.state == core_state:
         return Decision(job.ucloud_id, f"{source}: Core already has {core_state.value}", tracked=tracked)

@@ -180,6 +180,8 @@ class Synchronizer:
                     state=decision.update.state.value if decision.update.state else None,
                     reason=decision.reason,
                 )
+            elif decision.unmapped_state is not None:
+                log.warning("slurm.state_unmapped", ucloud_id=decision.ucloud_id, slurm_state=decision.unmapped_state)
             else:
                 log.debug("job.checked", ucloud_id=decision.ucloud_id, reason=decision.reason)
         return PassReport(report.decisions, report.live_ok, report.history_ok, queued)

@@ -41,6 +41,7 @@ SYNC = web.AppKey("sync", Synchronizer)
 SENDER = web.AppKey("sender", OutboxSender)
 CORE = web.AppKey("core", CoreClient)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
+CLAIMS = web.RequestKey("claims", dict)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -92,7 +93,7 @@ async def ucloud_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     """Calls under ``/ucloud/`` must carry a token from UCloud/Core and name this provider."""
     if request.path.startswith("/ucloud/"):
         try:
-            request["claims"] = request.app[VERIFIER].verify_header(request.headers.get("Authorization"))
+            request[CLAIMS] = request.app[VERIFIER].verify_header(request.headers.get("Authorization"))
         except Unauthorized as exc:
             log.warning("auth.rejected", path=request.path, why=str(exc))
             raise ApiError(401, str(exc)) from None

@@ -160,3 +160,9 @@ def test_squeue_failure_trusts_only_final_accounting_records() -> None:
     assert observe(JOB, down, QueryResult.of([slurm("RUNNING")])).seen is Seen.UNKNOWN
     assert observe(JOB, down, QueryResult.of([])).seen is Seen.UNKNOWN
     assert observe(JOB, down, QueryResult.of([slurm("FAILED")])).seen is Seen.FOUND
+
+
+def test_an_unmapped_state_is_kept_and_named_for_the_admin() -> None:
+    decision = decide_tracked(JOB, JobState.RUNNING, found("WEIRD_NEW_STATE"), TABLE, RULES, NOW)
+    assert decision.update is None and decision.unmapped_state == "WEIRD_NEW_STATE"
+    assert decision.tracked is not None and decision.tracked.state is JobState.RUNNING

@@ -1,0 +1,265 @@
+"""Fixtures that build real things: a local Slurm cluster, signed tokens, a strict stand-in Core, the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from provider.config import Settings, settings_from_dict
+from provider.slurm.commands import CommandBackend
+from provider.store import Store
+from provider.sync import Synchronizer
+from provider.ucloud.models import JobState
+from provider.ucloud.devcore import DevCore, DevCoreKeys, job_body, send_verify
+from provider.web import STORE, SYNC, make_app
+
+REPO = Path(__file__).resolve().parent.parent
+LOCAL_SLURM = REPO / "deploy" / "local-slurm"
+PROVIDER_ID = "slurm"
+
+
+# -- the local Slurm cluster ------------------------------------------------------------------------
+
+
+@dataclass
+class LocalSlurm:
+    """The single-host cluster of deploy/local-slurm, and the commands tests use to drive it."""
+
+    directory: Path
+    conf: str
+    min_job_age: int
+    extra_env: dict[str, str] = field(default_factory=dict)  # the SLURM_LOCAL_* settings of this cluster
+    submitted: list[str] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.extra_env, "SLURM_CONF": self.conf}
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(argv), env=self.env(), capture_output=True, text=True, check=check, timeout=timeout)
+
+    def sbatch(self, script: str, *, name: str, time_limit: str = "10", extra: tuple[str, ...] = ()) -> str:
+        """Submit ``script`` (a bash body) as a real batch job; returns its Slurm id."""
+        body = "#!/bin/bash\n" + script + "\n"
+        done = subprocess.run(
+            ["sbatch", "--parsable", f"--job-name={name}", "--comment=UCloud job", "--output=/dev/null",
+             f"--time={time_limit}", *extra],
+            env=self.env(), input=body, capture_output=True, text=True, check=True, timeout=60,
+        )
+        slurm_id = done.stdout.strip().split(";")[0]
+        assert slurm_id.isdigit(), done.stdout
+        self.submitted.append(slurm_id)
+        return slurm_id
+
+    def state(self, slurm_id: str) -> str:
+        """The job's state as squeue (or, once purged there, sacct) shows it."""
+        out = self.run("squeue", "-h", "-t", "all", "-j", slurm_id, "-o", "%T", check=False).stdout.strip()
+        if out:
+            return out
+        out = self.run("sacct", "-n", "-P", "-X", "-j", slurm_id, "-o", "State", check=False).stdout.strip()
+        return out.split()[0] if out else ""
+
+    def wait_state(self, slurm_id: str, states: set[str], timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.state(slurm_id)
+            if state in states:
+                return state
+            time.sleep(0.5)
+        raise AssertionError(f"Slurm job {slurm_id} did not reach {states} within {timeout} s (last: {state!r})")
+
+    def ctl(self, daemon: str, action: str) -> None:
+        subprocess.run(
+            [str(LOCAL_SLURM / "ctl.sh"), daemon, action], env=self.env(), check=True, timeout=120,
+            capture_output=True,
+        )
+
+
+# The test session's own cluster, beside (not instead of) a development cluster on the default ports.
+TEST_CLUSTER = {
+    "SLURM_LOCAL_DIR": "/tmp/ucloud-slurm-test",
+    "SLURM_LOCAL_CLUSTER": "ucloudtest",
+    "SLURM_LOCAL_CTLD_PORT": "6917",
+    "SLURM_LOCAL_SLURMD_PORT": "6918",
+    "SLURM_LOCAL_DBD_PORT": "6919",
+    "SLURM_LOCAL_DB_PORT": "3407",
+    "SLURM_LOCAL_MIN_JOB_AGE": "30",
+}
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[LocalSlurm]:
+    """A real Slurm (slurmctld, slurmd, slurmdbd, MariaDB, munge), started for the session if not up."""
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster runs as root: run the suite as root (deploy/test.sh)")
+    missing = [b for b in ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd") if not shutil.which(b)]
+    if missing:
+        pytest.skip(f"Slurm packages are not installed ({', '.join(missing)}): run deploy/local-slurm/install-packages.sh")
+    settings = {key: os.environ.get(key, default) for key, default in TEST_CLUSTER.items()}
+    directory = Path(settings["SLURM_LOCAL_DIR"])
+    conf = str(directory / "etc" / "slurm.conf")
+    env = {**os.environ, **settings, "SLURM_CONF": conf}
+    was_up = (
+        Path(conf).exists()
+        and subprocess.run(["scontrol", "ping"], env=env, capture_output=True, timeout=60).returncode == 0
+    )
+    subprocess.run([str(LOCAL_SLURM / "start.sh")], env=env, check=True, timeout=600)
+    out = subprocess.run(["scontrol", "show", "config"], env=env, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"^MinJobAge\s*=\s*(\d+)", out, re.M)
+    cluster = LocalSlurm(directory, conf, int(match.group(1)) if match else 300, extra_env=settings)
+    os.environ["SLURM_CONF"] = conf
+    yield cluster
+    if cluster.submitted:
+        subprocess.run(["scancel", *cluster.submitted], env=cluster.env(), capture_output=True, check=False)
+    if not was_up and os.environ.get("SLURM_TEST_KEEP") != "1":
+        subprocess.run([str(LOCAL_SLURM / "stop.sh")], env=env, check=False, timeout=300)
+
+
+# -- UCloud/Core's side ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> DevCoreKeys:
+    """The provider's registration files, as UCloud hands them out, and Core's private key."""
+    return DevCoreKeys.load_or_create(tmp_path_factory.mktemp("ucloud-keys"))
+
+
+def new_ucloud_id() -> str:
+    return str(int(uuid.uuid4().int % 10**9))
+
+
+# -- the daemon ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Harness:
+    """The daemon over real HTTP on loopback, with the stand-in Core it talks to."""
+
+    client: TestClient
+    core: DevCore
+    core_url: str
+    keys: DevCoreKeys
+    backend: CommandBackend
+    settings: Settings
+
+    @property
+    def store(self) -> Store:
+        return self.client.app[STORE]  # type: ignore[index]
+
+    @property
+    def sync(self) -> Synchronizer:
+        return self.client.app[SYNC]  # type: ignore[index]
+
+    async def verify(self, jobs: list[dict[str, Any]] | bytes, *, token: str | None = None) -> aiohttp.ClientResponse:
+        body = jobs if isinstance(jobs, bytes) else json.dumps({"items": jobs}).encode()
+        token = token or self.keys.service_token()
+        return await self.client.post(
+            f"/ucloud/{PROVIDER_ID}/jobs/verify",
+            data=body,
+            headers={"Authorization": f"Bearer {token}"},
+            skip_auto_headers=["Content-Type"],
+        )
+
+    def track(
+        self,
+        ucloud_id: str,
+        slurm_id: str,
+        *,
+        name: str | None = None,
+        age_s: float = 3600,
+        state: JobState = JobState.IN_QUEUE,
+    ) -> None:
+        now = int(time.time() * 1000)
+        self.store.track(
+            ucloud_id=ucloud_id,
+            slurm_id=slurm_id,
+            cluster="",
+            expected_name=ucloud_id if name is None else name,
+            submitted_at=now - int(age_s * 1000),
+            now=now,
+            state=state,
+        )
+
+    async def settled(self, timeout: float = 60) -> None:
+        """Wait until no pass is pending and the outbox is empty (or cannot drain)."""
+        await wait_for(lambda: self.sync._next is None and not self.sync._wake.is_set(), timeout)
+        await wait_for(lambda: self.store.outbox_stats().depth == 0, timeout)
+
+    async def updates_for(self, ucloud_id: str, count: int = 1, timeout: float = 60) -> list[dict[str, Any]]:
+        await wait_for(lambda: len(self.core.updates_for(ucloud_id)) >= count, timeout)
+        return self.core.updates_for(ucloud_id)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+def daemon_settings(keys: DevCoreKeys, core_url: str, store_path: Path, **reconcile: Any) -> Settings:
+    return settings_from_dict(
+        {
+            "provider": {"id": PROVIDER_ID},
+            "ucloud": {
+                "url": core_url,
+                "public_key_file": str(keys.public_key_file),
+                "refresh_token_file": str(keys.refresh_token_file),
+                "timeout": 5,
+            },
+            "slurm": {"backend": "cli", "conf": os.environ.get("SLURM_CONF", ""), "query_timeout": 20},
+            "store": {"path": str(store_path)},
+            "reconcile": {
+                "interval": 3600,  # tests of verify must not be helped by the monitor
+                "unknown_job_grace": 60,
+                "missing_checks": 3,
+                "missing_window": 2,
+                "missing_min_age": 0,
+                "confirm_interval": 1,
+                "outbox_max_backoff": 1,
+                **reconcile,
+            },
+            "logging": {"level": "debug"},
+        },
+        source="test settings",
+    )
+
+
+HarnessFactory = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def make_harness(
+    keys: DevCoreKeys, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any
+) -> AsyncIterator[HarnessFactory]:
+    """Build a daemon (with its own store) and a stand-in Core; settings overrides go to ``[reconcile]``."""
+
+    async def build(store_path: Path | None = None, core: DevCore | None = None, **reconcile: Any) -> Harness:
+        core = core or DevCore(keys, PROVIDER_ID)
+        server: TestServer = await aiohttp_server(core.make_app(), host="127.0.0.1")
+        core_url = str(server.make_url("")).rstrip("/")
+        settings = daemon_settings(keys, core_url, store_path or tmp_path / "provider.sqlite3", **reconcile)
+        backend = CommandBackend(slurm_conf=settings.slurm.conf or None, timeout=settings.slurm.query_timeout)
+        client = await aiohttp_client(make_app(settings, backend=backend), server_kwargs={"host": "127.0.0.1"})
+        harness = Harness(client, core, core_url, keys, backend, settings)
+        await wait_for(lambda: harness.sync.passes >= 1, 30)  # the monitor's start-up pass is behind us
+        return harness
+
+    yield build
+
+
+__all__ = ["Harness", "LocalSlurm", "job_body", "new_ucloud_id", "send_verify", "wait_for"]

@@ -1,0 +1,121 @@
+"""The daemon's HTTP surface: who may call it, what bodies it accepts, and the seed scenario."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from conftest import PROVIDER_ID, HarnessFactory, job_body
+
+DATA = Path(__file__).parent / "data"
+
+
+async def test_seed_scenario_byte_for_byte(make_harness: HarnessFactory) -> None:
+    """The exact verify body of the seed, signed as Core signs, gets {} and Core hears the seed's update."""
+    h = await make_harness()
+    resp = await h.verify((DATA / "seed_verify_request.json").read_bytes())
+    assert resp.status == 200
+    assert await resp.json() == {}
+
+    (update,) = await h.updates_for("54112")
+    expected = json.loads((DATA / "seed_update_request.json").read_text())
+    assert isinstance(update["timestamp"], int) and not isinstance(update["timestamp"], bool)
+    received = {"items": [{"id": "54112", "update": {**update, "timestamp": 0}}]}
+    assert json.dumps(received, indent=4) == json.dumps(expected, indent=4)
+    assert h.core.jobs["54112"] == "FAILURE"
+    assert sum(h.backend.calls.values()) == 0  # a job we never tracked needs no Slurm query
+
+
+async def test_verify_answers_before_slurm_is_asked(make_harness: HarnessFactory) -> None:
+    h = await make_harness()
+    started = time.monotonic()
+    resp = await h.verify([job_body(str(n)) for n in range(1, 201)])
+    assert resp.status == 200 and time.monotonic() - started < 5
+
+
+async def test_a_job_created_moments_ago_is_not_failed(make_harness: HarnessFactory) -> None:
+    h = await make_harness(unknown_job_grace=3600)
+    resp = await h.verify([job_body("777", "IN_QUEUE", created_at=int(time.time() * 1000))])
+    assert resp.status == 200
+    await h.settled()
+    assert h.core.updates_for("777") == []
+
+
+def _claims(**overrides: object) -> dict[str, object]:
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": "_UCloud", "role": "SERVICE", "iss": "cloud.sdu.dk", "iat": now, "exp": now + 600}
+    claims.update(overrides)
+    return claims
+
+
+@pytest.mark.parametrize(
+    "token_kind", ["none", "expired", "other-key", "alg-none", "hs256", "provider-role"]
+)
+async def test_requests_not_signed_as_core_signs_get_401(make_harness: HarnessFactory, token_kind: str) -> None:
+    h = await make_harness()
+    tokens = {
+        "expired": h.keys.service_token(now=int(time.time()) - 7200),
+        "other-key": jwt.encode(_claims(), rsa.generate_private_key(public_exponent=65537, key_size=2048), algorithm="RS256"),
+        "alg-none": jwt.encode(_claims(), None, algorithm="none"),
+        "hs256": jwt.encode(_claims(), "a-shared-secret-of-enough-length!", algorithm="HS256"),
+        "provider-role": h.keys.service_token(role="PROVIDER", sub="#P_slurm"),
+    }
+    headers = {"Authorization": f"Bearer {tokens[token_kind]}"} if token_kind in tokens else {}
+    resp = await h.client.post(f"/ucloud/{PROVIDER_ID}/jobs/verify", data=b'{"items":[]}', headers=headers)
+    assert resp.status == 401
+    body = await resp.json()
+    assert set(body) == {"statusCode", "why", "errorCode", "detailedCode"}
+    assert body["statusCode"] == 401 and body["why"] and body["errorCode"] == "" and body["detailedCode"] == 0
+    await h.settled()
+    assert h.core.updates == []
+
+
+async def test_another_provider_id_gets_404(make_harness: HarnessFactory) -> None:
+    h = await make_harness()
+    resp = await h.client.post(
+        "/ucloud/not-us/jobs/verify",
+        data=b'{"items":[]}',
+        headers={"Authorization": f"Bearer {h.keys.service_token()}"},
+    )
+    assert resp.status == 404
+    assert (await resp.json())["why"] == "This is not provider 'not-us'"
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"", "expected an object"),
+        (b"{not json", "the body is not JSON"),
+        (b"[]", "expected an object"),
+        (b'{"jobs": []}', "expected an object"),
+        (b'{"items": {}}', "items: Input should be a valid list"),
+        (b'{"items": [{"id": "1"}]}', "items.0.createdAt: Field required"),
+        (b"\xff\xfe", "the body is not JSON"),
+    ],
+)
+async def test_malformed_bodies_get_400_with_a_clear_why(make_harness: HarnessFactory, body: bytes, why: str) -> None:
+    h = await make_harness()
+    resp = await h.verify(body)
+    assert resp.status == 400
+    answer = await resp.json()
+    assert answer["statusCode"] == 400 and why in answer["why"], answer["why"]
+
+
+async def test_a_bad_state_names_the_field(make_harness: HarnessFactory) -> None:
+    h = await make_harness()
+    job = job_body("5")
+    job["status"]["state"] = "EXPLODED"
+    resp = await h.verify([job])
+    assert resp.status == 400
+    assert "items.0.status.state" in (await resp.json())["why"]
+
+
+async def test_healthz_needs_no_token(make_harness: HarnessFactory) -> None:
+    h = await make_harness()
+    resp = await h.client.get("/healthz")
+    assert resp.status == 200 and await resp.json() == {"status": "ok"}
