@@ -23,6 +23,11 @@ SLURM_LOCAL_CLUSTER=${SLURM_LOCAL_CLUSTER:-ucloudlocal}
 SLURM_LOCAL_ACCOUNT=${SLURM_LOCAL_ACCOUNT:-ucloud}
 SLURM_LOCAL_ENFORCE=${SLURM_LOCAL_ENFORCE:-0}
 SLURM_LOCAL_ENFORCE_PART_LIMITS=${SLURM_LOCAL_ENFORCE_PART_LIMITS:-ALL}
+# 1: memory is a consumable resource (CR_Core_Memory, DefMemPerCPU) and jobs
+# over their --mem are killed by jobacct_gather (OverMemoryKill); there is no
+# cgroup enforcement in this setup.
+SLURM_LOCAL_MEMORY_ENFORCE=${SLURM_LOCAL_MEMORY_ENFORCE:-0}
+SLURM_LOCAL_DEF_MEM_PER_CPU=${SLURM_LOCAL_DEF_MEM_PER_CPU:-100}
 # Seconds to wait for a daemon to come up / to exit after SIGTERM.
 SLURM_LOCAL_START_TIMEOUT=${SLURM_LOCAL_START_TIMEOUT:-60}
 SLURM_LOCAL_STOP_TIMEOUT=${SLURM_LOCAL_STOP_TIMEOUT:-20}
@@ -49,7 +54,12 @@ export PATH
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
-log() { printf '[%s] %s\n' "${LOG_TAG:-slurm-local}" "$*" >&2; }
+_T0=${EPOCHREALTIME/./}
+# log MESSAGE: "[tag +S.ss] message" on stderr (seconds since the script began).
+log() {
+    local us=$((${EPOCHREALTIME/./} - _T0))
+    printf '[%s +%d.%02d] %s\n' "${LOG_TAG:-slurm-local}" $((us / 1000000)) $((us % 1000000 / 10000)) "$*" >&2
+}
 die() { log "ERROR: $*"; exit 1; }
 
 # Node names are node1..nodeN; node1 listens on SLURM_LOCAL_SLURMD_PORT,
@@ -90,18 +100,32 @@ comm_matches() {
 
 # Print the pid of a daemon we started if it is alive; return 1 otherwise.
 daemon_pid() {
-    local name=$1 pf pid comm
+    local name=$1 pf pid=""
     pf=$(pidfile_of "$name")
-    [[ -s $pf ]] || return 1
-    pid=$(tr -dc '0-9' <"$pf")
-    [[ -n $pid ]] || return 1
+    # The daemon may remove its pid file at any moment while it exits.
+    read -r pid 2>/dev/null <"$pf" || [[ -n ${pid:-} ]] || return 1
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    pid_alive "$pid" "$name" || return 1
+    echo "$pid"
+}
+
+# pid_alive PID NAME: PID is a live (non-zombie) process with NAME's comm.
+# Daemons delete their pid file as soon as they begin to shut down, so stop
+# waits on the pid itself, not on the pid file.
+pid_alive() {
+    local pid=$1 name=$2 comm
     comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
     comm_matches "$name" "$comm" || return 1
-    # A zombie is not alive.
-    if grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then
-        return 1
-    fi
-    echo "$pid"
+    # Alive while any thread is not a zombie: when the main thread of a
+    # multi-threaded daemon exits first, /proc/PID/status shows Z while the
+    # other threads still finish the shutdown.
+    local t
+    for t in "/proc/$pid/task/"*/status; do
+        if ! grep -q '^State:[[:space:]]*Z' "$t" 2>/dev/null && [[ -e $t ]]; then
+            return 0
+        fi
+    done
+    return 1
 }
 
 daemon_running() { daemon_pid "$1" >/dev/null; }
@@ -129,6 +153,8 @@ stop_daemons() {
     for name in "$@"; do
         if pid=$(daemon_pid "$name"); then
             kill -TERM "$pid" 2>/dev/null || true
+            # A daemon frozen by "ctl.sh ... freeze" must run to see SIGTERM.
+            kill -CONT "$pid" 2>/dev/null || true
             pids+=("$pid")
             names+=("$name")
         fi
@@ -139,14 +165,14 @@ stop_daemons() {
     while :; do
         alive=0
         for i in "${!pids[@]}"; do
-            if daemon_running "${names[$i]}"; then
+            if pid_alive "${pids[$i]}" "${names[$i]}"; then
                 alive=1
             fi
         done
         ((alive)) || break
         if ((SECONDS >= deadline)); then
             for i in "${!pids[@]}"; do
-                if daemon_running "${names[$i]}"; then
+                if pid_alive "${pids[$i]}" "${names[$i]}"; then
                     log "${names[$i]} (pid ${pids[$i]}) ignored SIGTERM; sending SIGKILL"
                     kill -KILL "${pids[$i]}" 2>/dev/null || true
                 fi
@@ -163,10 +189,11 @@ stop_daemons() {
 
 # Run a command with stdin from /dev/null and output appended to a log file,
 # so a started daemon never holds the caller's pipes open.
+# fd 9 (the lock, see take_lock) is closed so that a daemon never inherits it.
 detached() {
     local logfile=$1
     shift
-    setsid "$@" </dev/null >>"$logfile" 2>&1
+    setsid "$@" </dev/null >>"$logfile" 2>&1 9>&-
 }
 
 # The Slurm version as MAJOR.MINOR (e.g. 22.05, 24.11).
@@ -186,10 +213,35 @@ version_ge() {
 
 # Take an exclusive lock on the cluster directory so start/stop/ctl calls
 # from parallel tests do not interleave.
+# Waits at most SLURM_LOCAL_LOCK_TIMEOUT seconds, then goes on with a
+# warning rather than hanging forever.
 take_lock() {
     mkdir -p "$D"
     exec 9>"$D/.lock"
-    flock 9
+    flock -n 9 && return 0
+    if lock_held_by_daemon; then
+        log "WARNING: $D/.lock is held by a daemon started by an older version of these scripts; ignoring it"
+        return 0
+    fi
+    if ! flock -w "${SLURM_LOCAL_LOCK_TIMEOUT:-60}" 9; then
+        log "WARNING: $D/.lock still held after ${SLURM_LOCAL_LOCK_TIMEOUT:-60}s; going on without it"
+    fi
+}
+
+# Early versions of start.sh let daemons inherit the lock's file descriptor,
+# which then stays locked for the daemon's whole life.
+lock_held_by_daemon() {
+    local f pid fd
+    for f in "$RUN"/*.pid; do
+        read -r pid 2>/dev/null <"$f" || continue
+        [[ $pid =~ ^[0-9]+$ ]] || continue
+        for fd in "/proc/$pid/fd/"*; do
+            if [[ $(readlink "$fd" 2>/dev/null) == "$D/.lock" ]]; then
+                return 0
+            fi
+        done
+    done
+    return 1
 }
 
 # ---------------------------------------------------------------------------
@@ -239,8 +291,33 @@ write_if_changed() {
     return 0
 }
 
+# With NoInAddrAny/NoCtldInAddrAny, slurmd and slurmctld listen only on the
+# address that gethostname() resolves to (not on 0.0.0.0). That keeps them on
+# loopback only if the host name resolves to 127.0.0.1, so it is used only
+# then; otherwise (e.g. Debian's "127.0.1.1 host" line) they would listen on
+# an address that NodeAddr/SlurmctldHost=127.0.0.1 cannot reach.
+hostname_is_loopback() {
+    local addr
+    addr=$(getent ahostsv4 "$(hostname)" 2>/dev/null | awk 'NR == 1 { print $1 }')
+    [[ $addr == 127.0.0.1 ]]
+}
+
 render_slurm_conf() {
-    local enforce=""
+    local enforce="# AccountingStorageEnforce is off (SLURM_LOCAL_ENFORCE=0)" bind memory
+    if [[ $SLURM_LOCAL_MEMORY_ENFORCE == 1 ]]; then
+        memory="SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=$SLURM_LOCAL_DEF_MEM_PER_CPU
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill"
+    else
+        memory="SelectTypeParameters=CR_Core
+JobAcctGatherFrequency=30"
+    fi
+    if hostname_is_loopback; then
+        bind="CommunicationParameters=NoInAddrAny,NoCtldInAddrAny"
+    else
+        bind="# host name does not resolve to 127.0.0.1: slurmctld/slurmd listen on all addresses"
+    fi
     if [[ $SLURM_LOCAL_ENFORCE == 1 ]]; then
         enforce="AccountingStorageEnforce=associations,limits"
     fi
@@ -268,7 +345,6 @@ MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=30
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$SLURM_LOCAL_DBD_PORT
@@ -277,14 +353,14 @@ AccountingStoragePort=$SLURM_LOCAL_DBD_PORT
 AccountingStoragePass=$MUNGE_SOCKET
 AccountingStoreFlags=job_comment
 $enforce
-CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
+$bind
 JobCompType=jobcomp/none
 ReturnToService=1
 SlurmdParameters=config_overrides
 SchedulerType=sched/backfill
 SchedulerParameters=bf_interval=1,sched_interval=$SLURM_LOCAL_SCHED_INTERVAL
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+$memory
 EnforcePartLimits=$SLURM_LOCAL_ENFORCE_PART_LIMITS
 MinJobAge=$SLURM_LOCAL_MIN_JOB_AGE
 KillWait=$SLURM_LOCAL_KILL_WAIT
@@ -399,13 +475,16 @@ start_mariadbd() {
     fi
     rm -f "$(pidfile_of mariadbd)"
     log "starting mariadbd on 127.0.0.1:$SLURM_LOCAL_DB_PORT"
-    detached "$LOG/mysqld.stderr" mariadbd --no-defaults --user=root \
+    # mariadbd does not daemonize: run it in a background subshell that execs
+    # it, so no bash process of ours stays around as its parent.
+    (exec setsid mariadbd --no-defaults --user=root \
         --datadir="$D/mysql/data" --socket="$MYSQL_SOCKET" \
         --pid-file="$(pidfile_of mariadbd)" --bind-address=127.0.0.1 \
         --port="$SLURM_LOCAL_DB_PORT" --skip-name-resolve --skip-log-bin \
         --log-error="$LOG/mysqld.log" --innodb-buffer-pool-size=512M \
         --innodb-log-file-size=64M --innodb-lock-wait-timeout=900 \
-        --innodb-flush-log-at-trx-commit=2 &
+        --innodb-flush-log-at-trx-commit=2 \
+        </dev/null >>"$LOG/mysqld.stderr" 2>&1 9>&-) &
     wait_until "$SLURM_LOCAL_START_TIMEOUT" "mariadbd" mariadb_ok
     wait_until "$SLURM_LOCAL_START_TIMEOUT" "mariadbd pid file" daemon_running mariadbd
     mariadb --no-defaults -S "$MYSQL_SOCKET" -uroot <<SQL
@@ -432,26 +511,26 @@ start_slurmdbd() {
         die "slurmdbd does not answer, see $LOG/slurmdbd.log"
 }
 
-# Cluster, account and root's association to it (idempotent, one query when
-# everything is there).
+# Cluster, account and root's association to it. Idempotent: one sacctmgr
+# query when everything is there, plus one batched sacctmgr (commands on
+# stdin) for whatever is missing.
 ensure_accounting() {
-    local assocs
-    assocs=$(sacctmgr -n -P show assoc where user=root format=cluster,account,user)
-    if ! grep -q "^$SLURM_LOCAL_CLUSTER|" <<<"$assocs" &&
-        ! cluster_listed; then
-        log "registering cluster $SLURM_LOCAL_CLUSTER"
-        sacctmgr -i add cluster "$SLURM_LOCAL_CLUSTER" >/dev/null
+    local assocs c=$SLURM_LOCAL_CLUSTER a=$SLURM_LOCAL_ACCOUNT
+    local -a cmds=()
+    assocs=$(sacctmgr -n -P show assoc format=cluster,account,user)
+    if ! grep -q "^$c|" <<<"$assocs"; then
+        cmds+=("add cluster $c")
     fi
-    if ! grep -qx "$SLURM_LOCAL_CLUSTER|$SLURM_LOCAL_ACCOUNT|root" <<<"$assocs"; then
-        if ! sacctmgr -n -P show account where name="$SLURM_LOCAL_ACCOUNT" format=account |
-            grep -qx "$SLURM_LOCAL_ACCOUNT"; then
-            log "adding account $SLURM_LOCAL_ACCOUNT"
-            sacctmgr -i add account "$SLURM_LOCAL_ACCOUNT" cluster="$SLURM_LOCAL_CLUSTER" \
-                description=local-test organization=ucloud >/dev/null
-        fi
-        log "adding association root -> $SLURM_LOCAL_ACCOUNT"
-        sacctmgr -i add user root account="$SLURM_LOCAL_ACCOUNT" cluster="$SLURM_LOCAL_CLUSTER" >/dev/null
+    if ! grep -qx "$c|$a|" <<<"$assocs"; then
+        cmds+=("add account $a cluster=$c description=local-test organization=ucloud")
     fi
+    if ! grep -qx "$c|$a|root" <<<"$assocs"; then
+        cmds+=("add user root account=$a cluster=$c")
+    fi
+    ((${#cmds[@]})) || return 0
+    log "sacctmgr: ${cmds[*]}"
+    printf '%s\n' "${cmds[@]}" | sacctmgr -i >>"$LOG/sacctmgr.log" 2>&1 ||
+        die "sacctmgr failed, see $LOG/sacctmgr.log"
 }
 
 start_slurmctld() {
@@ -513,7 +592,14 @@ cancel_all_jobs() {
         log "cancelling ${#ids[@]} job(s)"
         scancel "${ids[@]}" 2>/dev/null || true
     fi
-    wait_until $((SLURM_LOCAL_KILL_WAIT + 30)) "jobs to end" no_active_jobs || true
+    # Without a live slurmd the jobs cannot end; do not wait for them then.
+    local n any=0
+    while read -r n; do
+        daemon_running "$n" && any=1
+    done < <(slurmd_names)
+    if ((any)); then
+        wait_until $((SLURM_LOCAL_KILL_WAIT + 30)) "jobs to end" no_active_jobs || true
+    fi
 }
 no_active_jobs() {
     local out
@@ -521,34 +607,54 @@ no_active_jobs() {
     [[ -z $out ]]
 }
 
-# slurmstepd processes of this cluster (they hold files under $D open).
-# Normally none are left once the jobs ended; this is a safety net.
-leftover_stepds() {
-    local p comm fd
+# Processes of this cluster's jobs that outlived their slurmd (normally none:
+# jobs end while the cluster is whole; this is the safety net for a slurmd
+# that died). They are slurmstepd processes holding files under $D open, and
+# job processes whose environment has SLURM_JOB_ID and this SLURM_CONF.
+leftover_job_pids() {
+    local p comm fd pid
     for p in /proc/[0-9]*; do
+        pid=${p#/proc/}
+        ((pid == $$ || pid == PPID)) && continue
         comm=$(cat "$p/comm" 2>/dev/null) || continue
-        [[ $comm == slurmstepd* ]] || continue
-        for fd in "$p"/fd/*; do
-            if [[ $(readlink "$fd" 2>/dev/null) == "$D"/* ]]; then
-                echo "${p#/proc/}"
-                break
+        if [[ $comm == slurmstepd* ]]; then
+            for fd in "$p"/fd/*; do
+                if [[ $(readlink "$fd" 2>/dev/null) == "$D"/* ]]; then
+                    echo "$pid"
+                    break
+                fi
+            done
+        elif tr '\0' '\n' 2>/dev/null <"$p/environ" | grep -q '^SLURM_JOB_ID='; then
+            if tr '\0' '\n' 2>/dev/null <"$p/environ" | grep -qxF "SLURM_CONF=$SLURM_CONF"; then
+                echo "$pid"
             fi
-        done
+        fi
     done
 }
 
 stop_all() {
+    # Thaw anything left frozen by "ctl.sh ... freeze" so it can take part.
+    local f pid
+    for f in "$RUN"/*.pid; do
+        [[ -e $f ]] || continue
+        f=${f##*/}
+        f=${f%.pid}
+        [[ $f == mysqld ]] && f=mariadbd
+        if pid=$(daemon_pid "$f"); then
+            kill -CONT "$pid" 2>/dev/null || true
+        fi
+    done
     cancel_all_jobs
     local -a names
     mapfile -t names < <(slurmd_names)
     stop_daemons "${names[@]}" slurmctld
     stop_daemons slurmdbd
     stop_daemons mariadbd munged
-    local -a stepds
-    mapfile -t stepds < <(leftover_stepds)
-    if ((${#stepds[@]})); then
-        log "killing leftover slurmstepd ${stepds[*]}"
-        kill -KILL "${stepds[@]}" 2>/dev/null || true
+    local -a left
+    mapfile -t left < <(leftover_job_pids)
+    if ((${#left[@]})); then
+        log "killing leftover job processes ${left[*]}"
+        kill -KILL "${left[@]}" 2>/dev/null || true
     fi
 }
 

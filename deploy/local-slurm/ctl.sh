@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Stop or (re)start one daemon of the local cluster, e.g. to inject faults:
 #
-#   ctl.sh slurmctld|slurmdbd|slurmd|mariadbd|munged stop|start|restart|status
+#   ctl.sh slurmctld|slurmdbd|slurmd|mariadbd|munged ACTION
 #
+# ACTION: stop | start | restart | status | freeze | thaw
 # start waits until the daemon really serves again: slurmctld -> scontrol
 # ping (and the nodes idle again), slurmdbd -> sacctmgr show cluster works,
 # slurmd -> its pid is alive and, if slurmctld is up, the nodes are idle.
-# "slurmd" means every node's slurmd. Stop never cancels jobs.
+# freeze sends SIGSTOP (the daemon still accepts TCP connections but never
+# answers: clients hit their timeouts), thaw sends SIGCONT.
+# "slurmd" means every node's slurmd. stop never cancels jobs.
 set -euo pipefail
 LOG_TAG=ctl
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$HERE/common.sh"
 
-usage() { die "usage: ctl.sh slurmctld|slurmdbd|slurmd|mariadbd|munged stop|start|restart|status"; }
+usage() { die "usage: ctl.sh slurmctld|slurmdbd|slurmd|mariadbd|munged stop|start|restart|status|freeze|thaw"; }
 (($# == 2)) || usage
 daemon=$1
 action=$2
@@ -71,6 +74,19 @@ do_status() {
     return "$rc"
 }
 
+# do_signal SIG: send SIG to the daemon's live pid(s); fails if none runs.
+do_signal() {
+    local n pid found=0
+    while read -r n; do
+        if pid=$(daemon_pid "$n"); then
+            kill "-$1" "$pid"
+            log "$n ($pid): SIG$1"
+            found=1
+        fi
+    done < <(names)
+    ((found)) || die "$daemon is not running"
+}
+
 case $daemon in
     slurmctld | slurmdbd | slurmd | mariadbd | munged) ;;
     *) usage ;;
@@ -78,6 +94,14 @@ esac
 case $action in
     status)
         do_status
+        exit
+        ;;
+    freeze)
+        do_signal STOP
+        exit
+        ;;
+    thaw)
+        do_signal CONT
         exit
         ;;
     stop | start | restart) ;;

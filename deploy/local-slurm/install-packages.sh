@@ -31,8 +31,16 @@ fi
 
 echo "install-packages: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# The postinst scripts must not start the system's munged/mariadbd/slurm*
+# (start.sh runs private ones). Container images usually ship a
+# /usr/sbin/policy-rc.d that exits 101 ("do not start services"); if there is
+# none, put one in place for the duration of the install.
+POLICY=/usr/sbin/policy-rc.d
+if [[ ! -e $POLICY ]]; then
+    printf '#!/bin/sh\n# temporary, from install-packages.sh\nexit 101\n' >"$POLICY"
+    chmod 755 "$POLICY"
+    trap 'rm -f "$POLICY"' EXIT
+fi
 apt-get update -qq
-# Debian images used here ship /usr/sbin/policy-rc.d (exit 101), so the
-# postinst scripts do not start any daemon; start.sh runs them itself.
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
 echo "install-packages: done"

@@ -10,7 +10,7 @@
 set -euo pipefail
 LOG_TAG=start
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$HERE/common.sh"
 
 fresh=0
@@ -26,7 +26,6 @@ for arg in "$@"; do
 done
 
 require_packages
-t0=${EPOCHREALTIME/./}
 take_lock
 
 if ((fresh)); then
@@ -52,5 +51,4 @@ wait_until "$SLURM_LOCAL_START_TIMEOUT" "cluster in sacctmgr" cluster_listed ||
     die "cluster $SLURM_LOCAL_CLUSTER not registered, see $LOG/slurmdbd.log"
 write_env_sh
 
-ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
-log "cluster $SLURM_LOCAL_CLUSTER up (Slurm $(slurm_version)) in $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s; use: . $D/env.sh"
+log "cluster $SLURM_LOCAL_CLUSTER up (Slurm $(slurm_version)); use: . $D/env.sh"

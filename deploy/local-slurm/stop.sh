@@ -9,7 +9,7 @@
 set -euo pipefail
 LOG_TAG=stop
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$HERE/common.sh"
 
 purge=0

@@ -1,0 +1,86 @@
+"""The SQLite store: the job map refuses contradictions; decisions and their updates land together."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from provider.reconcile import Decision
+from provider.store import Store, StoreError
+from provider.ucloud.models import JobState, JobUpdate
+
+NOW = 1_800_000_000_000
+
+
+def tracked(store: Store, ucloud_id: str = "1", slurm_id: str = "41") -> None:
+    store.track(ucloud_id=ucloud_id, slurm_id=slurm_id, cluster="c", expected_name=ucloud_id, submitted_at=NOW, now=NOW)
+
+
+def test_the_file_is_in_wal_mode(tmp_path: Path) -> None:
+    Store(tmp_path / "s.sqlite3").close()
+    assert sqlite3.connect(tmp_path / "s.sqlite3").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_ucloud_id_is_tracked_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    tracked(store)
+    with pytest.raises(StoreError, match="UCloud job 1 is already tracked"):
+        tracked(store, "1", "42")
+
+
+def test_an_active_slurm_id_maps_to_one_ucloud_job(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    tracked(store, "1", "41")
+    with pytest.raises(StoreError, match="Slurm job 41 is already tracked for UCloud job 1"):
+        tracked(store, "2", "41")
+
+
+def test_decision_and_update_are_stored_together_and_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = Store(path)
+    tracked(store)
+    job = store.get(["1"])["1"]
+    from dataclasses import replace
+
+    update = JobUpdate(state=JobState.RUNNING, status="Your job is now running", expected_state=JobState.IN_QUEUE, timestamp=NOW)
+    decision = Decision("1", "test", update=update, tracked=replace(job, state=JobState.RUNNING, status=update.status))
+    assert store.apply([decision], NOW) == 1
+    assert store.apply([decision], NOW) == 0  # the same update still waiting is not queued twice
+    store.close()
+
+    reopened = Store(path)
+    assert reopened.get(["1"])["1"].state is JobState.RUNNING
+    (item,) = reopened.outbox_peek(10)
+    assert item.update == update.to_wire()
+    assert reopened.active()[0].ucloud_id == "1"
+
+
+def test_final_jobs_leave_the_active_set(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    tracked(store)
+    from dataclasses import replace
+
+    job = store.get(["1"])["1"]
+    store.apply([Decision("1", "done", tracked=replace(job, state=JobState.SUCCESS))], NOW)
+    assert store.active() == [] and store.all_jobs()[0].state is JobState.SUCCESS
+
+
+def test_untrack_forgets_the_job_and_its_queued_updates(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    tracked(store)
+    store.enqueue("1", JobUpdate(status="hello", timestamp=NOW), NOW)
+    assert store.untrack("1") and not store.untrack("1")
+    assert store.outbox_stats().depth == 0 and store.all_jobs() == []
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer ucloud-slurm-provider"):
+        Store(path)
