@@ -151,7 +151,8 @@ def decide_tracked(
         return Decision(job.ucloud_id, f"final ({job.state.value}); nothing to do", tracked=job)
 
     if observation.seen is Seen.UNKNOWN:
-        return Decision(job.ucloud_id, f"Slurm could not be asked, nothing changes: {observation.detail}", tracked=job)
+        reason = f"Slurm could not be asked, nothing changes: {observation.detail}"
+        return Decision(job.ucloud_id, reason, tracked=job, recheck=True)
 
     if observation.seen is Seen.MISSING:
         misses = job.miss_count + 1

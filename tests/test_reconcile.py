@@ -78,6 +78,7 @@ def test_a_failed_query_changes_nothing_not_even_the_miss_counter() -> None:
     job = replace(JOB, miss_count=2, first_missed_at=NOW - 100_000)
     decision = decide_tracked(job, JobState.RUNNING, UNKNOWN, TABLE, RULES, NOW)
     assert decision.update is None and decision.tracked == job
+    assert decision.recheck  # asked again soon, not only when Core next calls verify
 
 
 def test_missing_job_is_failed_only_after_enough_checks_over_the_window() -> None:

@@ -161,3 +161,25 @@ async def test_1000_tracked_jobs_cost_one_squeue_and_one_sacct(slurm: LocalSlurm
     assert h.backend.calls["sacct"] - before.get("sacct", 0) == 1
     assert h.core.updates_for(real)[0]["state"] == "RUNNING"
     slurm.run("scancel", real_slurm_id)
+
+
+async def test_with_slurmdbd_stopped_a_job_absent_from_squeue_is_not_failed(
+    slurm: LocalSlurm, make_harness: HarnessFactory
+) -> None:
+    """squeue works but sacct cannot answer: the job may have finished, or may never have existed.
+    Without accounting's answer nothing is decided."""
+    h = await make_harness(missing_checks=1, missing_window=0, confirm_interval=1)
+    ucloud_id = new_ucloud_id()
+    h.track(ucloud_id, "987656", state=JobState.RUNNING)
+    slurm.ctl("slurmdbd", "stop")
+    try:
+        await h.verify([job_body(ucloud_id, "RUNNING")])
+        passes = h.sync.passes
+        await wait_for(lambda: h.sync.passes >= passes + 3, 60)
+        await h.settled()
+        assert h.core.updates == []
+        assert h.sync.last_report is not None and h.sync.last_report.history_ok is False
+    finally:
+        slurm.ctl("slurmdbd", "start")
+    (update,) = await h.updates_for(ucloud_id, timeout=60)  # once accounting answers, the verdict comes
+    assert update["status"] == NO_LONGER_AVAILABLE

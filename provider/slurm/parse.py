@@ -1,7 +1,8 @@
 """Parsers for the text that ``squeue -O`` and ``sacct -P`` print, tested against recorded output.
 
-Both commands are asked for a fixed list of fields with an explicit separator and the job name last,
-so a name that contains the separator (``a|b c``) cannot shift the other columns. Bytes that are not
+Both commands are asked for a fixed list of fields separated by the ASCII unit separator (0x1f), which
+no job name or comment contains in practice; ``|`` is not safe (Slurm escapes nothing, and a job may be
+named ``a|b c``). squeue's job name comes last, so even a stray separator cannot shift other columns. Bytes that are not
 UTF-8 (job names can hold anything) are decoded with replacement by the caller.
 """
 
@@ -27,10 +28,16 @@ SQUEUE_FIELDS: tuple[str, ...] = (
 SACCT_FIELDS: tuple[str, ...] = (
     "JobIDRaw",
     "JobID",
+    "JobName",
     "State",
     "ExitCode",
     "Reason",
-    "JobName",
+    "Submit",
+    "Start",
+    "End",
+    "Elapsed",
+    "Timelimit",
+    "Comment",
 )
 
 _ARRAY_DISPLAY_ID = re.compile(r"^(\d+)_(\d+)$")
