@@ -103,8 +103,8 @@ class OutboxSender:
             log.info("outbox.sent", updates=len(items), jobs=len({i.ucloud_id for i in items}))
             return True
         if result.rejected_ids or result.rejected_unnamed:
-            # Core applied nothing of this request. Drop the job it names (a lone item: that one) and
-            # send the rest; if it named none of ours, go one at a time until it does.
+            # Core refused the request because of one job. Drop the job it names (a lone item: that
+            # one) and send the rest again; if it named none of ours, go one at a time until it does.
             refused = {items[0].ucloud_id} if len(items) == 1 else set(result.rejected_ids)
             drop = [i.seq for i in items if i.ucloud_id in refused]
             if drop:

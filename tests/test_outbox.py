@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -74,3 +75,17 @@ async def test_the_access_token_is_refreshed_before_it_runs_out(make_harness: Ha
     h.client.app[SENDER].wake()  # type: ignore[index]
     await wait_for(lambda: len(h.core.updates) == 2, 30)
     assert h.core.refreshes >= 2
+
+
+async def test_a_401_gets_one_token_refresh_and_the_update_is_delivered(make_harness: HarnessFactory) -> None:
+    h = await make_harness()
+    queue(h.store, ["1"])
+    h.client.app[SENDER].wake()  # type: ignore[index]
+    await wait_for(lambda: len(h.core.updates) == 1, 30)
+    refreshes = h.core.refreshes
+    await asyncio.sleep(1.1)  # token times are whole seconds
+    h.core.revoked_before = int(time.time())  # Core no longer takes the token the daemon holds
+    queue(h.store, ["2"])
+    h.client.app[SENDER].wake()  # type: ignore[index]
+    await wait_for(lambda: len(h.core.updates) == 2, 30)
+    assert h.core.refreshes == refreshes + 1

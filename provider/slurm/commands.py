@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 import structlog
 
 from provider.slurm.parse import SACCT_FIELDS, SQUEUE_FIELDS, UNIT_SEPARATOR, ParseError, parse_sacct, parse_squeue
-from provider.slurm.process import CommandResult, CommandTimeout, run_command, slurm_environment
+from provider.slurm.process import CommandTimeout, run_command, slurm_environment
 from provider.slurm.types import QueryResult, SlurmJob, is_valid_slurm_id
 
 log = structlog.get_logger(__name__)
@@ -54,7 +53,10 @@ class CommandBackend:
         self.calls: Counter[str] = Counter()
         self.accounting_disabled = False
 
-    async def _run(self, command: str, argv: list[str]) -> CommandResult | str:
+    async def _query(
+        self, command: str, argv: list[str], parse: Callable[[str], list[SlurmJob]]
+    ) -> list[SlurmJob] | str:
+        """The jobs the command listed, or a sentence saying why its answer means nothing."""
         self.calls[command] += 1
         try:
             result = await run_command(argv, timeout=self._timeout, env=self._env)
@@ -65,50 +67,32 @@ class CommandBackend:
             log.error("slurm.query_not_started", command=command, error=str(exc))
             return f"{command} could not be started: {exc}"
         log.debug("slurm.query", command=command, rc=result.returncode, seconds=round(result.seconds, 3))
-        return result
+        if command == "sacct" and "accounting storage is disabled" in result.stderr.lower():
+            # No slurmdbd: nothing to ask. The missing-job verdict rests on the debounce alone.
+            if not self.accounting_disabled:
+                log.warning("slurm.accounting_disabled", detail=result.stderr.strip())
+            self.accounting_disabled = True
+            return []
+        if not result.ok:
+            log.warning("slurm.query_failed", command=command, error=result.describe())
+            return result.describe()
+        try:
+            return parse(result.stdout)
+        except ParseError as exc:
+            log.error("slurm.unparsable_output", command=command, error=str(exc))
+            return f"{command} output could not be parsed: {exc}"
 
     async def live_jobs(self) -> QueryResult:
-        result = await self._run("squeue", squeue_argv(self._bin + "squeue"))
-        if isinstance(result, str):
-            return QueryResult.failed(result)
-        if not result.ok:
-            log.warning("slurm.query_failed", command="squeue", error=result.describe())
-            return QueryResult.failed(result.describe())
-        return self._parsed("squeue", lambda: parse_squeue(result.stdout))
+        jobs = await self._query("squeue", squeue_argv(self._bin + "squeue"), parse_squeue)
+        return QueryResult.failed(jobs) if isinstance(jobs, str) else QueryResult.of(jobs)
 
     async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
         ids = sorted({i for i in slurm_ids if is_valid_slurm_id(i)})
-        if not ids:
-            return QueryResult.of([])
-        jobs: list[SlurmJob] = []
+        found: list[SlurmJob] = []
         for start in range(0, len(ids), SACCT_IDS_PER_CALL):
             chunk = ids[start : start + SACCT_IDS_PER_CALL]
-            result = await self._run("sacct", sacct_argv(chunk, self._bin + "sacct"))
-            if isinstance(result, str):
-                return QueryResult.failed(result)
-            if "accounting storage is disabled" in result.stderr.lower():
-                # No slurmdbd: nothing to ask. The missing-job verdict rests on the debounce alone.
-                if not self.accounting_disabled:
-                    log.warning("slurm.accounting_disabled", detail=result.stderr.strip())
-                self.accounting_disabled = True
-                return QueryResult.of([])
-            if not result.ok:
-                log.warning("slurm.query_failed", command="sacct", error=result.describe())
-                return QueryResult.failed(result.describe())
-            parsed = self._parsed("sacct", lambda: parse_sacct(result.stdout))
-            if not parsed.ok:
-                return parsed
-            jobs.extend({id(j): j for j in parsed.jobs.values()}.values())
-        return QueryResult.of(jobs)
-
-    @staticmethod
-    def _parsed(command: str, parse: Callable[[], list[SlurmJob]]) -> QueryResult:
-        started = time.monotonic()
-        try:
-            jobs = parse()
-        except ParseError as exc:
-            log.error("slurm.unparsable_output", command=command, error=str(exc))
-            return QueryResult.failed(f"{command} output could not be parsed: {exc}")
-        log.debug("slurm.parsed", command=command, jobs=len(jobs), seconds=round(time.monotonic() - started, 4))
-        return QueryResult.of(jobs)
-
+            jobs = await self._query("sacct", sacct_argv(chunk, self._bin + "sacct"), parse_sacct)
+            if isinstance(jobs, str):
+                return QueryResult.failed(jobs)
+            found.extend(jobs)
+        return QueryResult.of(found)

@@ -144,6 +144,7 @@ class DevCore:
     accept_unknown_jobs: bool = True
     deleted_jobs: set[str] = field(default_factory=set)  # answered 404, as Core does for deleted jobs
     fail_with: int | None = None  # answer every update with this status (Core down or broken)
+    revoked_before: int | None = None  # access tokens issued before this Unix time get 401
     access_lifetime: int = TOKEN_LIFETIME
 
     @property
@@ -210,6 +211,8 @@ class DevCore:
             return _error(403, "Forbidden")
         if claims.get("sub") != f"#P_{self.provider_id}" or claims.get("role") != "PROVIDER":
             return _error(403, "Forbidden")
+        if self.revoked_before is not None and claims["iat"] < self.revoked_before:
+            return _error(401, "Unauthorized")
         if self.fail_with is not None:
             return _error(self.fail_with, "Injected failure")
         raw = await request.read()
