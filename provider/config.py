@@ -6,11 +6,12 @@ documents each key. Unknown keys are errors: a typo must not silently fall back 
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_DIR = "/etc/ucloud-slurm-provider"
 DEFAULT_STATE_DIR = "/var/lib/ucloud-slurm-provider"
@@ -72,6 +73,65 @@ class ReconcileSection(_Section):
     outbox_max_backoff: PositiveSeconds = 60.0
 
 
+class ProductSection(_Section):
+    """One UCloud product (id, category) and the Slurm resources a job of it gets."""
+
+    id: str = Field(min_length=1)
+    category: str = Field(min_length=1)
+    partition: str = ""  # "" = the cluster's default partition
+    account: str = ""  # "" = the submitting user's default; "{project}" / "{username}" are filled in per job
+    qos: str = ""
+    cpus: Annotated[int, Field(ge=1)] = 1  # per node (--cpus-per-task, one task a node)
+    memory_mb: Annotated[int, Field(ge=0)] = 0  # per node; 0 = the partition's default
+    gpus: Annotated[int, Field(ge=0)] = 0  # per node
+    max_nodes: Annotated[int, Field(ge=1)] = 1
+    max_time_minutes: Annotated[int, Field(ge=1)] = 24 * 60
+    time_extension: bool = True  # advertise and allow /jobs/extend
+
+    @field_validator("account")
+    @classmethod
+    def _known_placeholders(cls, account: str) -> str:
+        try:
+            account.format(project="p", username="u")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{project}} and {{username}} may appear in braces ({exc})") from None
+        return account
+
+
+ParameterType = Literal["text", "textarea", "integer", "floating_point", "boolean", "enumeration", "file"]
+
+
+class ParameterSpec(_Section):
+    type: ParameterType = "text"
+    optional: bool = False
+
+
+class ApplicationSection(_Section):
+    """A UCloud application (name, version) and the admin's job script that runs it."""
+
+    name: str = Field(min_length=1)
+    version: str = "*"  # "*" = every version
+    script: Path  # copied verbatim into the job folder; parameters arrive as UCLOUD_PARAM_<NAME>
+    parameters: dict[str, ParameterSpec] = Field(default_factory=dict)
+
+    @field_validator("parameters")
+    @classmethod
+    def _names_fit_environment_variables(cls, params: dict[str, ParameterSpec]) -> dict[str, ParameterSpec]:
+        for name in params:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", name):
+                raise ValueError(f"{name!r}: a parameter name is letters, digits, '_' and '-', starting with a letter")
+        return params
+
+
+class JobsSection(_Section):
+    directory: Path = Path(DEFAULT_STATE_DIR) / "jobs"  # each job gets <directory>/<UCloud job id>/
+    output_folder: str = ""  # the UCloud path sent as the job's output folder, e.g. "/{project}/jobs/{job_id}"; "" = none
+    run_as: Literal["service", "owner"] = "service"  # who sbatch runs as: the daemon's user, or the job's owner
+    user_template: str = "{username}"  # owner -> Unix user; {username} is the UCloud name before '#', lowercased
+    users: dict[str, str] = Field(default_factory=dict)  # explicit UCloud username -> Unix user
+    submit_timeout: PositiveSeconds = 4.0  # Core waits 5 s for create
+
+
 class LoggingSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -84,7 +144,20 @@ class Settings(_Section):
     slurm: SlurmSection = SlurmSection()
     store: StoreSection = StoreSection()
     reconcile: ReconcileSection = ReconcileSection()
+    jobs: JobsSection = JobsSection()
+    products: list[ProductSection] = Field(default_factory=list)
+    applications: list[ApplicationSection] = Field(default_factory=list)
     logging: LoggingSection = LoggingSection()
+
+    @model_validator(mode="after")
+    def _unique_products(self) -> Settings:
+        seen: set[tuple[str, str]] = set()
+        for product in self.products:
+            key = (product.id, product.category)
+            if key in seen:
+                raise ValueError(f"[[products]] {product.id} ({product.category}) appears twice")
+            seen.add(key)
+        return self
 
 
 class ConfigError(Exception):
@@ -116,6 +189,9 @@ def settings_from_dict(raw: dict[str, Any], source: str = "<config>") -> Setting
 
 
 def _key(loc: tuple[Any, ...]) -> str:
+    if len(loc) >= 2 and isinstance(loc[1], int):  # an array of tables: [[products]] number n
+        rest = ".".join(str(p) for p in loc[2:])
+        return f"[[{loc[0]}]] #{loc[1] + 1}" + (f" {rest}" if rest else "")
     parts = [str(p) for p in loc]
     if len(parts) >= 2:
         return f"[{parts[0]}] {'.'.join(parts[1:])}"

@@ -29,6 +29,7 @@ class TrackedJob:
     slurm_state: str | None = None
     miss_count: int = 0
     first_missed_at: int | None = None  # ms; when the current run of misses began
+    unix_user: str | None = None  # who submitted it, when jobs run as their owner
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     slurm_id        TEXT NOT NULL,
     cluster         TEXT NOT NULL DEFAULT '',
     expected_name   TEXT,
+    unix_user       TEXT,
     submitted_at    INTEGER NOT NULL,
     tracked_at      INTEGER NOT NULL,
     state           TEXT NOT NULL,
@@ -126,6 +127,7 @@ class Store:
         submitted_at: int,
         now: int,
         state: JobState = JobState.IN_QUEUE,
+        unix_user: str | None = None,
         updates: Iterable[JobUpdate] = (),
     ) -> TrackedJob:
         """Start tracking a job, and queue ``updates`` for Core in the same transaction."""
@@ -139,13 +141,13 @@ class Store:
             if other:
                 raise StoreError(f"Slurm job {slurm_id} is already tracked for UCloud job {other['ucloud_id']}")
             db.execute(
-                "INSERT INTO jobs (ucloud_id, slurm_id, cluster, expected_name, submitted_at, tracked_at,"
-                " state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (ucloud_id, slurm_id, cluster, expected_name, submitted_at, now, state.value, now),
+                "INSERT INTO jobs (ucloud_id, slurm_id, cluster, expected_name, unix_user, submitted_at, tracked_at,"
+                " state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (ucloud_id, slurm_id, cluster, expected_name, unix_user, submitted_at, now, state.value, now),
             )
             for update in updates:
                 self._enqueue(db, ucloud_id, update, now)
-        return TrackedJob(ucloud_id, slurm_id, cluster, expected_name, submitted_at, state)
+        return TrackedJob(ucloud_id, slurm_id, cluster, expected_name, submitted_at, state, unix_user=unix_user)
 
     def untrack(self, ucloud_id: str) -> bool:
         """Forget a job (and any update still queued for it). True if it was tracked."""
@@ -255,4 +257,5 @@ def _job(row: sqlite3.Row) -> TrackedJob:
         slurm_state=row["slurm_state"],
         miss_count=row["miss_count"],
         first_missed_at=row["first_missed_at"],
+        unix_user=row["unix_user"],
     )

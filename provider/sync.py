@@ -122,7 +122,8 @@ class Synchronizer:
         self._wake.set()
         return self._next
 
-    def _recheck_later(self, beliefs: dict[str, Belief], delay: float) -> None:
+    def request_later(self, beliefs: Mapping[str, Belief], delay: float) -> None:
+        """Reconcile these jobs in a pass ``delay`` seconds from now."""
         loop = asyncio.get_running_loop()
 
         def fire() -> None:
@@ -170,7 +171,7 @@ class Synchronizer:
             if d.recheck
         }
         if rechecks:
-            self._recheck_later(rechecks, self.timings.confirm_interval_s)
+            self.request_later(rechecks, self.timings.confirm_interval_s)
         for decision in report.decisions:
             if decision.update is not None:
                 log.info(

@@ -1,4 +1,4 @@
-"""The aiohttp application: UCloud's provider routes, authentication and error bodies, health.
+"""The aiohttp application: middlewares (auth, error bodies, request ids), health, and lifetimes.
 
 ``make_app(settings)`` builds everything; each resource with a lifetime (the store, the HTTP session
 to Core, the pass worker, the monitor, the outbox sender) is set up and torn down in one
@@ -9,55 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
-from pydantic import ValidationError
 
+from provider.api import ApiError, add_routes, error_response
+from provider.appkeys import BACKEND, CLAIMS, CORE, JOBS, SENDER, SETTINGS, STORE, SYNC, VERIFIER
 from provider.config import Settings
+from provider.jobs import JobService
 from provider.monitor import OutboxSender, monitor_loop
 from provider.reconcile import DebounceRules
 from provider.slurm.backend import SlurmBackend
+from provider.slurm.control import SlurmControl
 from provider.slurm.select import select_backend
 from provider.slurm.states import StateTable
 from provider.store import Store
-from provider.sync import Belief, PassTimings, Synchronizer, now_ms
+from provider.sync import PassTimings, Synchronizer, now_ms
 from provider.ucloud.auth import TokenVerifier, Unauthorized, load_public_key
 from provider.ucloud.core import CoreClient
-from provider.ucloud.models import BulkRequest, ErrorBody, Job
 
 log = structlog.get_logger(__name__)
 
-SETTINGS = web.AppKey("settings", Settings)
-STORE = web.AppKey("store", Store)
-BACKEND = web.AppKey("backend", SlurmBackend)
-SYNC = web.AppKey("sync", Synchronizer)
-SENDER = web.AppKey("sender", OutboxSender)
-CORE = web.AppKey("core", CoreClient)
-VERIFIER = web.AppKey("verifier", TokenVerifier)
-CLAIMS = web.RequestKey("claims", dict)
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """An error for the caller, sent as UCloud's error body."""
-
-    def __init__(self, status: int, why: str) -> None:
-        super().__init__(why)
-        self.status = status
-        self.why = why
-
-
-def error_response(status: int, why: str) -> web.Response:
-    body = ErrorBody(status_code=status, why=why).to_wire()
-    return web.json_response(body, status=status)
 
 
 @web.middleware
@@ -101,42 +78,6 @@ async def ucloud_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         if provider_id is not None and provider_id != request.app[SETTINGS].provider.id:
             raise ApiError(404, f"This is not provider '{provider_id}'")
     return await handler(request)
-
-
-async def read_bulk(request: web.Request, model: type[Any]) -> Any:
-    """Parse ``{"items": [...]}`` from the raw body; Core's Go client sends no Content-Type."""
-    raw = await request.read()
-    try:
-        data = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"Invalid request supplied: the body is not JSON ({exc})") from None
-    if not isinstance(data, dict) or "items" not in data:
-        raise ApiError(400, 'Invalid request supplied: expected an object {"items": [...]}')
-    try:
-        return BulkRequest[model].model_validate(data)  # type: ignore[valid-type]
-    except ValidationError as exc:
-        raise ApiError(400, f"Invalid request supplied: {describe_validation(exc)}") from None
-
-
-def describe_validation(exc: ValidationError, limit: int = 3) -> str:
-    parts = []
-    for err in exc.errors()[:limit]:
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    more = len(exc.errors()) - limit
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
-# -- handlers --------------------------------------------------------------------------------------
-
-
-async def verify_jobs(request: web.Request) -> web.Response:
-    """``POST /ucloud/{id}/jobs/verify``: accept the batch, answer ``{}``; updates follow via the outbox."""
-    bulk = await read_bulk(request, Job)
-    beliefs = {job.id: Belief(job.status.state, job.created_at) for job in bulk.items}
-    request.app[SYNC].request(beliefs)
-    log.info("verify.accepted", jobs=len(beliefs))
-    return web.json_response({})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -198,16 +139,24 @@ def make_app(
             on_queued=app[SENDER].wake,
         )
         app[SYNC] = sync
+        app[JOBS] = JobService(
+            settings,
+            app[STORE],
+            app[BACKEND],
+            SlurmControl(slurm_conf=settings.slurm.conf or None, bin_dir=settings.slurm.bin_dir),
+            sync,
+            on_queued=app[SENDER].wake,
+            clock=clock,
+        )
         async with background(sync.run(), "reconcile"), background(
             monitor_loop(sync, rec.interval, rec.max_interval), "monitor"
         ):
             yield
 
     app.cleanup_ctx.extend([store_ctx, core_ctx, sync_ctx])
-    pid = settings.provider.id
-    app.router.add_post(f"/ucloud/{{provider_id}}/jobs/verify", verify_jobs)
+    add_routes(app)
     app.router.add_get("/healthz", healthz)
-    log.info("app.configured", provider_id=pid, backend=app[BACKEND].name)
+    log.info("app.configured", provider_id=settings.provider.id, backend=app[BACKEND].name)
     return app
 
 

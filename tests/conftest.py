@@ -24,8 +24,9 @@ from provider.slurm.commands import CommandBackend
 from provider.store import Store
 from provider.sync import Synchronizer
 from provider.ucloud.models import JobState
-from provider.ucloud.devcore import DevCore, DevCoreKeys, job_body, send_verify
-from provider.web import STORE, SYNC, make_app
+from provider.ucloud.devcore import DevCore, DevCoreKeys, call_provider, job_body, send_verify
+from provider.appkeys import STORE, SYNC
+from provider.web import make_app
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_SLURM = REPO / "deploy" / "local-slurm"
@@ -173,6 +174,19 @@ class Harness:
             skip_auto_headers=["Content-Type"],
         )
 
+    async def call(
+        self, operation: str, body: dict[str, Any] | None = None, *, username: str | None = "user", method: str = "POST"
+    ) -> tuple[int, Any]:
+        """Call ``/ucloud/<id>/<operation>`` as Core does, on behalf of ``username``."""
+        return await call_provider(
+            self.session, str(self.client.make_url("")).rstrip("/"), f"/ucloud/{PROVIDER_ID}/{operation}",
+            self.keys, body, username=username, method=method,
+        )
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self.client.session
+
     def track(
         self,
         ucloud_id: str,
@@ -211,9 +225,12 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, interval: floa
         await asyncio.sleep(interval)
 
 
-def daemon_settings(keys: DevCoreKeys, core_url: str, store_path: Path, **reconcile: Any) -> Settings:
+def daemon_settings(
+    keys: DevCoreKeys, core_url: str, store_path: Path, sections: dict[str, Any] | None = None, **reconcile: Any
+) -> Settings:
     return settings_from_dict(
         {
+            **(sections or {}),
             "provider": {"id": PROVIDER_ID},
             "ucloud": {
                 "url": core_url,
@@ -248,11 +265,16 @@ async def make_harness(
 ) -> AsyncIterator[HarnessFactory]:
     """Build a daemon (with its own store) and a stand-in Core; settings overrides go to ``[reconcile]``."""
 
-    async def build(store_path: Path | None = None, core: DevCore | None = None, **reconcile: Any) -> Harness:
+    async def build(
+        store_path: Path | None = None,
+        core: DevCore | None = None,
+        sections: dict[str, Any] | None = None,
+        **reconcile: Any,
+    ) -> Harness:
         core = core or DevCore(keys, PROVIDER_ID)
         server: TestServer = await aiohttp_server(core.make_app(), host="127.0.0.1")
         core_url = str(server.make_url("")).rstrip("/")
-        settings = daemon_settings(keys, core_url, store_path or tmp_path / "provider.sqlite3", **reconcile)
+        settings = daemon_settings(keys, core_url, store_path or tmp_path / "provider.sqlite3", sections, **reconcile)
         backend = CommandBackend(slurm_conf=settings.slurm.conf or None, timeout=settings.slurm.query_timeout)
         client = await aiohttp_client(make_app(settings, backend=backend), server_kwargs={"host": "127.0.0.1"})
         harness = Harness(client, core, core_url, keys, backend, settings)

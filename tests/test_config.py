@@ -21,9 +21,14 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_the_example_file_is_valid_and_documents_every_key() -> None:
     settings = load_settings(EXAMPLE)
     text = EXAMPLE.read_text()
-    for section, model in Settings.model_fields.items():
-        assert f"[{section}]" in text, section
-        for key in model.annotation.model_fields:  # type: ignore[union-attr]
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        if getattr(model, "__origin__", None) is list:  # an array of tables: [[products]]
+            (model,) = model.__args__  # type: ignore[union-attr]
+            assert f"[[{section}]]" in text, section
+        else:
+            assert f"[{section}]" in text, section
+        for key in model.model_fields:  # type: ignore[union-attr]
             documented = f"\n{key} =" in text or f"[{section}.{key}]" in text
             assert documented, f"[{section}] {key} is not documented"
     assert settings.provider.id

@@ -119,3 +119,65 @@ async def test_healthz_needs_no_token(make_harness: HarnessFactory) -> None:
     h = await make_harness()
     resp = await h.client.get("/healthz")
     assert resp.status == 200 and await resp.json() == {"status": "ok"}
+
+
+PRODUCTS = {
+    "products": [
+        {"id": "cpu-1", "category": "cpu", "max_nodes": 2},
+        {"id": "big-1", "category": "cpu", "time_extension": False},
+    ],
+    "applications": [{"name": "acme-batch", "script": "/nonexistent/acme.sh"}],
+}
+
+
+async def test_retrieve_products_answers_job_support_for_each_product(make_harness: HarnessFactory) -> None:
+    h = await make_harness(sections=PRODUCTS)
+    status, answer = await h.call("jobs/retrieveProducts", method="GET", username=None)
+    assert status == 200
+    assert answer["responses"][0] == {
+        "product": {"id": "cpu-1", "category": "cpu", "provider": PROVIDER_ID},
+        "docker": {},
+        "virtualMachine": {},
+        "native": {"enabled": True, "web": False, "vnc": False, "logs": False, "terminal": False, "peers": False,
+                   "timeExtension": True},
+        "queueStatus": None,
+    }
+    assert answer["responses"][1]["native"]["timeExtension"] is False
+
+
+async def test_manifest_says_no_connection_flow(make_harness: HarnessFactory) -> None:
+    h = await make_harness()
+    status, answer = await h.call("integration/retrieveManifest", method="GET", username=None)
+    assert (status, answer) == (200, {"enabled": False, "expireAfterMs": None})
+
+
+@pytest.mark.parametrize("kind", ["files/collections", "ingresses", "networkips", "licenses", "private-networks"])
+async def test_other_resource_types_are_404(make_harness: HarnessFactory, kind: str) -> None:
+    h = await make_harness()
+    status, answer = await h.call(f"{kind}/retrieveProducts", method="GET", username=None)
+    assert status == 404 and answer["statusCode"] == 404
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"application": ("unknown", "unknown")}, "The application unknown unknown is not available on this provider"),
+        ({"product": ("gpu-1", "gpu")}, "The product gpu-1 (gpu) is not offered by this provider"),
+        ({"replicas": 5}, "Too many nodes requested: 5 (the product cpu-1 allows 2)"),
+        ({"parameters": {"x": {"type": "text", "value": "y"}}}, "The application acme-batch has no parameter 'x'"),
+    ],
+)
+async def test_create_refusals_are_400_with_a_why_the_user_understands(
+    make_harness: HarnessFactory, change: dict[str, object], why: str
+) -> None:
+    h = await make_harness(sections=PRODUCTS)
+    job = job_body("31337", **{"product": ("cpu-1", "cpu"), **change})  # type: ignore[arg-type]
+    status, answer = await h.call("jobs", {"items": [job]})
+    assert status == 400 and answer["why"] == why
+    assert h.store.all_jobs() == [] and h.core.updates == []
+
+
+async def test_an_application_whose_script_is_missing_is_refused_and_logged(make_harness: HarnessFactory) -> None:
+    h = await make_harness(sections=PRODUCTS)
+    status, answer = await h.call("jobs", {"items": [job_body("31338", product=("cpu-1", "cpu"))]})
+    assert status == 400 and answer["why"] == "This application is misconfigured on the provider (its script cannot be read)"

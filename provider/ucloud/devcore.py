@@ -314,21 +314,37 @@ def _error(status: int, why: str) -> web.Response:
 # -- calling the provider as Core does ------------------------------------------------------------------
 
 
-def job_body(job_id: str, state: str = "RUNNING", *, created_at: int | None = None, provider: str = "example") -> dict[str, Any]:
-    """A Job as Core sends it in verify (the seed example's shape)."""
+def job_body(
+    job_id: str,
+    state: str = "RUNNING",
+    *,
+    created_at: int | None = None,
+    provider: str = "example",
+    application: tuple[str, str] = ("acme-batch", "1.0.0"),
+    product: tuple[str, str] = ("example-compute-1", "example-compute"),
+    parameters: dict[str, Any] | None = None,
+    time_allocation: tuple[int, int, int] | None = (1, 0, 0),
+    replicas: int = 1,
+    owner: str = "user",
+    project: str | None = None,
+) -> dict[str, Any]:
+    """A Job as Core sends it to the provider (the seed example's shape)."""
+    hours, minutes, seconds = time_allocation or (0, 0, 0)
     return {
         "id": job_id,
-        "owner": {"createdBy": "user", "project": None},
+        "owner": {"createdBy": owner, "project": project},
         "updates": [],
         "specification": {
-            "application": {"name": "acme-batch", "version": "1.0.0"},
-            "product": {"id": "example-compute-1", "category": "example-compute", "provider": provider},
+            "application": {"name": application[0], "version": application[1]},
+            "product": {"id": product[0], "category": product[1], "provider": provider},
             "name": None,
-            "replicas": 1,
+            "replicas": replicas,
             "allowDuplicateJob": False,
-            "parameters": {},
+            "parameters": parameters or {},
             "resources": None,
-            "timeAllocation": {"hours": 1, "minutes": 0, "seconds": 0},
+            "timeAllocation": (
+                {"hours": hours, "minutes": minutes, "seconds": seconds} if time_allocation is not None else None
+            ),
             "openedFile": None,
             "restartOnExit": None,
             "sshEnabled": None,
@@ -349,16 +365,31 @@ def job_body(job_id: str, state: str = "RUNNING", *, created_at: int | None = No
     }
 
 
-async def send_verify(
-    session: aiohttp.ClientSession, provider_url: str, provider_id: str, keys: DevCoreKeys, body: bytes | dict[str, Any]
+async def call_provider(
+    session: aiohttp.ClientSession,
+    provider_url: str,
+    path: str,
+    keys: DevCoreKeys,
+    body: bytes | dict[str, Any] | None = None,
+    *,
+    username: str | None = None,
+    method: str = "POST",
 ) -> tuple[int, Any]:
-    """POST a verify to the provider, signed as Core signs; like Core's Go client, no Content-Type."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    async with session.post(
-        f"{provider_url.rstrip('/')}/ucloud/{provider_id}/jobs/verify",
-        data=data,
-        headers={"Authorization": f"Bearer {keys.service_token()}"},
-        skip_auto_headers=["Content-Type"],
+    """Call the provider as Core does: RS256 token, ``ucloud-username`` (base64) for calls made on a
+    user's behalf, and no Content-Type (Core's Go client sends none)."""
+    headers = {"Authorization": f"Bearer {keys.service_token()}"}
+    if username is not None:
+        headers["ucloud-username"] = base64.b64encode(username.encode()).decode()
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    async with session.request(
+        method, f"{provider_url.rstrip('/')}{path}", data=data, headers=headers, skip_auto_headers=["Content-Type"]
     ) as resp:
         text = await resp.text()
         return resp.status, (json.loads(text) if text else None)
+
+
+async def send_verify(
+    session: aiohttp.ClientSession, provider_url: str, provider_id: str, keys: DevCoreKeys, body: bytes | dict[str, Any]
+) -> tuple[int, Any]:
+    """POST a verify to the provider, signed as Core signs."""
+    return await call_provider(session, provider_url, f"/ucloud/{provider_id}/jobs/verify", keys, body)

@@ -105,6 +105,13 @@ class Job(_Inbound):
     updates: list[dict[str, Any]] | None = None
 
 
+class ExtendRequest(_Inbound):
+    """One item of ``/jobs/extend``: the job and the time to add to its allocation."""
+
+    job: Job
+    requested_time: SimpleDuration = Field(alias="requestedTime")
+
+
 class BulkRequest(_Inbound, Generic[T]):
     """``{"items": [...]}``: the envelope of almost every UCloud call."""
 

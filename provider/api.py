@@ -1,0 +1,152 @@
+"""UCloud's provider routes for jobs: what Core calls, with Core's paths, envelopes and error bodies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from provider.appkeys import JOBS, SETTINGS, SYNC
+from provider.jobs import SlurmUnavailable
+from provider.submission import RequestRefused
+from provider.sync import Belief
+from provider.ucloud.models import BulkRequest, ErrorBody, ExtendRequest, Job
+
+log = structlog.get_logger(__name__)
+
+
+class ApiError(Exception):
+    """An error for the caller, sent as UCloud's error body."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
+
+
+def error_response(status: int, why: str) -> web.Response:
+    return web.json_response(ErrorBody(status_code=status, why=why).to_wire(), status=status)
+
+
+async def read_bulk(request: web.Request, model: type[Any]) -> Any:
+    """Parse ``{"items": [...]}`` from the raw body; Core's Go client sends no Content-Type."""
+    raw = await request.read()
+    try:
+        data = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"Invalid request supplied: the body is not JSON ({exc})") from None
+    if not isinstance(data, dict) or "items" not in data:
+        raise ApiError(400, 'Invalid request supplied: expected an object {"items": [...]}')
+    try:
+        return BulkRequest[model].model_validate(data)  # type: ignore[valid-type]
+    except ValidationError as exc:
+        raise ApiError(400, f"Invalid request supplied: {describe_validation(exc)}") from None
+
+
+def describe_validation(exc: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for err in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    more = len(exc.errors()) - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def refusals_as_400(exc: Exception) -> ApiError:
+    """User-visible errors are 4xx: Core shows no 5xx text to users (IM2's comment in launch.go)."""
+    return ApiError(400, str(exc))
+
+
+async def verify_jobs(request: web.Request) -> web.Response:
+    """``POST .../jobs/verify``: accept the batch, answer ``{}``; updates follow via the outbox."""
+    bulk = await read_bulk(request, Job)
+    beliefs = {job.id: Belief(job.status.state, job.created_at) for job in bulk.items}
+    request.app[SYNC].request(beliefs)
+    log.info("verify.accepted", jobs=len(beliefs))
+    return web.json_response({})
+
+
+async def create_jobs(request: web.Request) -> web.Response:
+    """``POST .../jobs``: submit with sbatch, answer the providerGeneratedIds."""
+    bulk = await read_bulk(request, Job)
+    try:
+        ids = await request.app[JOBS].create(bulk.items, request.headers.get("ucloud-username"))
+    except (RequestRefused, SlurmUnavailable) as exc:
+        raise refusals_as_400(exc) from None
+    return web.json_response({"responses": [{"id": i} for i in ids]})
+
+
+async def terminate_jobs(request: web.Request) -> web.Response:
+    bulk = await read_bulk(request, Job)
+    try:
+        await request.app[JOBS].terminate(bulk.items)
+    except (RequestRefused, SlurmUnavailable) as exc:
+        raise refusals_as_400(exc) from None
+    return web.json_response({"responses": [{} for _ in bulk.items]})
+
+
+async def extend_jobs(request: web.Request) -> web.Response:
+    bulk = await read_bulk(request, ExtendRequest)
+    try:
+        await request.app[JOBS].extend(bulk.items)
+    except (RequestRefused, SlurmUnavailable) as exc:
+        raise refusals_as_400(exc) from None
+    return web.json_response({"responses": [{} for _ in bulk.items]})
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    """Calls older Cores may make that need only an acknowledgement (``updateAcl``)."""
+    bulk = await read_bulk(request, dict)
+    return web.json_response({"responses": [{} for _ in bulk.items]})
+
+
+async def not_supported(request: web.Request) -> web.Response:
+    raise ApiError(400, "This provider does not support this operation")
+
+
+async def retrieve_products(request: web.Request) -> web.Response:
+    """``GET .../jobs/retrieveProducts``: one JobSupport per configured product (Core polls every 10 s)."""
+    settings = request.app[SETTINGS]
+    return web.json_response(
+        {
+            "responses": [
+                {
+                    "product": {"id": p.id, "category": p.category, "provider": settings.provider.id},
+                    "docker": {},
+                    "virtualMachine": {},
+                    "native": {
+                        "enabled": True,
+                        "web": False,
+                        "vnc": False,
+                        "logs": False,
+                        "terminal": False,
+                        "peers": False,
+                        "timeExtension": p.time_extension,
+                    },
+                    "queueStatus": None,
+                }
+                for p in settings.products
+            ]
+        }
+    )
+
+
+async def retrieve_manifest(request: web.Request) -> web.Response:
+    """No connection flow: users count as connected (``enabled: false``)."""
+    return web.json_response({"enabled": False, "expireAfterMs": None})
+
+
+def add_routes(app: web.Application) -> None:
+    base = "/ucloud/{provider_id}"
+    app.router.add_post(f"{base}/jobs", create_jobs)
+    app.router.add_post(f"{base}/jobs/verify", verify_jobs)
+    app.router.add_post(f"{base}/jobs/terminate", terminate_jobs)
+    app.router.add_post(f"{base}/jobs/extend", extend_jobs)
+    app.router.add_post(f"{base}/jobs/updateAcl", acknowledge)
+    for operation in ("suspend", "unsuspend", "interactiveSession", "openTerminalInFolder"):
+        app.router.add_post(f"{base}/jobs/{operation}", not_supported)
+    app.router.add_get(f"{base}/jobs/retrieveProducts", retrieve_products)
+    app.router.add_get(f"{base}/integration/retrieveManifest", retrieve_manifest)

@@ -1,0 +1,26 @@
+"""Typed keys for what the aiohttp application holds (``app[STORE]`` instead of string keys)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from provider.config import Settings
+from provider.jobs import JobService
+from provider.monitor import OutboxSender
+from provider.slurm.backend import SlurmBackend
+from provider.store import Store
+from provider.sync import Synchronizer
+from provider.ucloud.auth import TokenVerifier
+from provider.ucloud.core import CoreClient
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+BACKEND = web.AppKey("backend", SlurmBackend)
+SYNC = web.AppKey("sync", Synchronizer)
+SENDER = web.AppKey("sender", OutboxSender)
+CORE = web.AppKey("core", CoreClient)
+VERIFIER = web.AppKey("verifier", TokenVerifier)
+JOBS = web.AppKey("jobs", JobService)
+CLAIMS = web.RequestKey("claims", dict[str, Any])
