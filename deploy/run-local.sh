@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Bring up everything on one fresh Debian 12/13 machine, as root, and run the daemon in the foreground:
+# Bring up everything on one fresh Debian 12/13 machine, as root, and show a job's whole life:
 #   Debian packages -> .venv -> local Slurm (/tmp/ucloud-slurm-local) -> dev-core (a stand-in for
 #   UCloud/Core on 127.0.0.1:8080, which writes the provider's key and refresh token where the daemon's
-#   embedded defaults look: /etc/ucloud-slurm-provider) -> `ucloud-slurm-provider serve` with no config
-#   file (SQLite in /var/lib/ucloud-slurm-provider, command backend, 127.0.0.1:8889).
-# Ctrl-C stops the daemon and dev-core; the local Slurm keeps running (deploy/local-slurm/stop.sh).
+#   defaults look: /etc/ucloud-slurm-provider) -> the daemon on its embedded defaults (SQLite in
+#   /var/lib/ucloud-slurm-provider, command backend, 127.0.0.1:8889) plus the demo's product and
+#   application (deploy/demo/provider.toml) -> a job created through the API, followed until Core has
+#   its final state. The daemon then keeps running; Ctrl-C stops it and dev-core (the local Slurm
+#   keeps running: deploy/local-slurm/stop.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN_DIR=${RUN_DIR:-/tmp/ucloud-slurm-provider-demo}
@@ -13,22 +15,58 @@ RUN_DIR=${RUN_DIR:-/tmp/ucloud-slurm-provider-demo}
 "$ROOT/deploy/local-slurm/start.sh"
 export SLURM_CONF=${SLURM_LOCAL_DIR:-/tmp/ucloud-slurm-local}/etc/slurm.conf
 mkdir -p "$RUN_DIR"
+: >"$RUN_DIR/core-updates.jsonl"
 BIN="$ROOT/.venv/bin/ucloud-slurm-provider"
+cd "$ROOT"
 
 "$BIN" dev-core serve --record "$RUN_DIR/core-updates.jsonl" >"$RUN_DIR/dev-core.log" 2>&1 &
 CORE_PID=$!
-trap 'kill "$CORE_PID" 2>/dev/null || true' EXIT
-for _ in $(seq 1 50); do
+DAEMON_PID=
+trap 'kill $CORE_PID $DAEMON_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
     grep -q "public key" "$RUN_DIR/dev-core.log" 2>/dev/null && break
     sleep 0.1
 done
+"$BIN" check-config --config deploy/demo/provider.toml
+"$BIN" serve --config deploy/demo/provider.toml 2>&1 | tee "$RUN_DIR/daemon.log" &
+DAEMON_PID=$!
+for _ in $(seq 1 100); do
+    python3 - <<'PY' 2>/dev/null && break
+import urllib.request; urllib.request.urlopen("http://127.0.0.1:8889/healthz", timeout=1)
+PY
+    sleep 0.2
+done
+
+echo "== creating a job through the provider API, as UCloud/Core does"
+created=$("$BIN" dev-core create --app hello/1.0 --param greeting=UCloud --int-param seconds=20 --time 0:05:00)
+echo "$created"
+job=$(echo "$created" | sed -n 's/^job \([0-9]*\): 200 .*/\1/p')
+[ -n "$job" ] || { echo "the create was refused" >&2; exit 1; }
+echo "== what the stand-in Core receives for job $job (state - status line):"
+seen=0
+for _ in $(seq 1 120); do
+    lines=$(grep -c "\"id\":\"$job\"" "$RUN_DIR/core-updates.jsonl" || true)
+    if [ "$lines" -gt "$seen" ]; then
+        grep "\"id\":\"$job\"" "$RUN_DIR/core-updates.jsonl" | tail -n +"$((seen + 1))" |
+            python3 -c 'import json,sys
+for line in sys.stdin:
+    for item in json.loads(line)["items"]:
+        u = item["update"]; print("  ", u["state"] or "(status)", "-", u["status"])'
+        seen=$lines
+    fi
+    if grep "\"id\":\"$job\"" "$RUN_DIR/core-updates.jsonl" | grep -q '"state":"\(SUCCESS\|FAILURE\|EXPIRED\)"'; then
+        break
+    fi
+    sleep 1
+done
+echo "== the job's folder: $(ls /var/lib/ucloud-slurm-provider/jobs/"$job" | tr '\n' ' ')"
+cat "/var/lib/ucloud-slurm-provider/jobs/$job/stdout.txt" 2>/dev/null | sed 's/^/   stdout: /' || true
 cat <<INFO
-dev-core (stand-in UCloud/Core) on http://127.0.0.1:8080; its log: $RUN_DIR/dev-core.log
-updates it receives: $RUN_DIR/core-updates.jsonl      (or: curl -s http://127.0.0.1:8080/dev/updates)
-Try, in another terminal (as root, with: export SLURM_CONF=$SLURM_CONF):
-  $BIN dev-core verify 54112                       # the seed: Core asks about a job we never knew
-  id=\$(sbatch --parsable --job-name=4242 -o /dev/null --wrap 'sleep 60')
-  $BIN jobs track 4242 \$id && $BIN dev-core verify 4242:IN_QUEUE
-  $BIN jobs list
+== the daemon keeps running (log: $RUN_DIR/daemon.log). Try, in another terminal (as root):
+  export SLURM_CONF=$SLURM_CONF
+  $BIN dev-core verify 54112              # the seed: Core asks about a job the provider never knew
+  $BIN dev-core create --int-param seconds=60; $BIN jobs list
+  $BIN verify --dry-run
+  curl -s http://127.0.0.1:8080/dev/updates
 INFO
-"$BIN" serve
+wait "$DAEMON_PID"

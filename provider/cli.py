@@ -18,7 +18,7 @@ from provider.slurm.select import BackendUnavailable, select_backend
 from provider.slurm.states import StateTable
 from provider.slurm.types import is_valid_slurm_id
 from provider.store import Store, StoreError
-from provider.sync import Belief, PassTimings, Synchronizer, now_ms
+from provider.sync import PassReport, PassTimings, Synchronizer, now_ms
 from provider.ucloud.auth import PublicKeyError, load_public_key
 
 log = structlog.get_logger(__name__)
@@ -90,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     dev_verify.add_argument("--body", type=Path, help="send this file's bytes as the body")
     dev_verify.add_argument("jobs", nargs="*", metavar="JOB[:STATE]", help="job ids Core believes active")
     dev_verify.set_defaults(func=cmd_dev_core_verify)
+    dev_create = dev_sub.add_parser("create", help="submit a job to the provider as Core does for a user")
+    dev_create.add_argument("--dir", type=Path, default=Path(DEFAULT_CONFIG_DIR))
+    dev_create.add_argument("--provider-id", default="slurm")
+    dev_create.add_argument("--provider-url", default="http://127.0.0.1:8889")
+    dev_create.add_argument("--user", default="demo#0001", help="the UCloud user the job belongs to")
+    dev_create.add_argument("--product", default="cpu-1/cpu", help="product id/category")
+    dev_create.add_argument("--app", default="hello/1.0", help="application name/version")
+    dev_create.add_argument("--time", default="0:05:00", help="time allocation H:MM:SS")
+    dev_create.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a text parameter")
+    dev_create.add_argument("--int-param", action="append", default=[], metavar="NAME=N", help="an integer parameter")
+    dev_create.add_argument("--job-id", help="the UCloud job id (default: a new one)")
+    dev_create.set_defaults(func=cmd_dev_core_create)
     return parser
 
 
@@ -224,23 +236,27 @@ def cmd_jobs_untrack(args: argparse.Namespace) -> int:
 def cmd_verify_dry_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging("warning", "console")
-    report = asyncio.run(_plan(settings))
-    rows = [("UCLOUD ID", "SLURM ID", "NOW", "WOULD SEND", "WHY")]
+    store = Store(settings.store.path)
+    before = {job.ucloud_id: job for job in store.active()}
+    report = asyncio.run(_plan(settings, store))
+    rows = [("UCLOUD ID", "SLURM ID", "CORE HAS", "SLURM SAYS", "WOULD SEND", "WHY")]
     for d in report.decisions:
-        send = "-" if d.update is None else f"{d.update.state.value if d.update.state else ''} {d.update.status or ''}"
-        rows.append(
-            (d.ucloud_id, d.tracked.slurm_id if d.tracked else "-", d.tracked.state.value if d.tracked else "-", send, d.reason)
-        )
+        job = before.get(d.ucloud_id)
+        update = d.update
+        send = "-" if update is None else " ".join(x for x in (update.state.value if update.state else "", update.status or "") if x)
+        slurm_state = (d.tracked.slurm_state if d.tracked else None) or "-"
+        rows.append((d.ucloud_id, job.slurm_id if job else "-", job.state.value if job else "-", slurm_state, send, d.reason))
     print_table(rows)
     if report.slurm_failed:
         print("note: a Slurm query failed; jobs it could not see are left as they are", file=sys.stderr)
     return EXIT_OK
 
 
-async def _plan(settings: Settings):  # type: ignore[no-untyped-def]
+async def _plan(settings: Settings, store: Store) -> PassReport:
+    """What the next pass would decide for every active job; nothing is stored or sent."""
     rec = settings.reconcile
     sync = Synchronizer(
-        Store(settings.store.path),
+        store,
         select_backend(settings.slurm),
         StateTable(settings.slurm.states),
         DebounceRules(rec.missing_checks, int(rec.missing_window * 1000), int(rec.missing_min_age * 1000)),
@@ -292,4 +308,45 @@ def cmd_dev_core_verify(args: argparse.Namespace) -> int:
 
     status, answer = asyncio.run(send())
     print(f"{status} {json.dumps(answer)}")
+    return EXIT_OK if status == 200 else EXIT_FAILED
+
+
+def cmd_dev_core_create(args: argparse.Namespace) -> int:
+    import secrets
+
+    import aiohttp
+
+    from provider.ucloud.devcore import DevCoreKeys, call_provider, job_body
+
+    keys = DevCoreKeys.load_or_create(args.dir)
+    product_id, _, category = args.product.partition("/")
+    app_name, _, app_version = args.app.partition("/")
+    hours, minutes, seconds = (int(x) for x in args.time.split(":"))
+    parameters: dict[str, object] = {}
+    for item in args.param:
+        name, _, value = item.partition("=")
+        parameters[name] = {"type": "text", "value": value}
+    for item in args.int_param:
+        name, _, value = item.partition("=")
+        parameters[name] = {"type": "integer", "value": int(value)}
+    job_id = args.job_id or str(secrets.randbelow(9 * 10**8) + 10**8)
+    job = job_body(
+        job_id,
+        "IN_QUEUE",
+        created_at=now_ms(),
+        provider=args.provider_id,
+        application=(app_name, app_version or "1.0"),
+        product=(product_id, category or product_id),
+        parameters=parameters,
+        time_allocation=(hours, minutes, seconds),
+        owner=args.user,
+    )
+
+    async def send() -> tuple[int, object]:
+        async with aiohttp.ClientSession() as session:
+            path = f"/ucloud/{args.provider_id}/jobs"
+            return await call_provider(session, args.provider_url, path, keys, {"items": [job]}, username=args.user)
+
+    status, answer = asyncio.run(send())
+    print(f"job {job_id}: {status} {json.dumps(answer)}")
     return EXIT_OK if status == 200 else EXIT_FAILED

@@ -39,6 +39,8 @@ log = structlog.get_logger(__name__)
 
 # Give Slurm a moment to act on scancel before the pass that reports the final state.
 AFTER_CANCEL_DELAY = 2.0
+# A new job usually starts within seconds: one early pass tells Core RUNNING without waiting for the monitor.
+AFTER_SUBMIT_DELAY = 3.0
 
 
 class SlurmUnavailable(Exception):
@@ -139,6 +141,7 @@ class JobService:
             await self._control.cancel([slurm_id], user=plan.unix_user)
             raise
         self._on_queued()
+        self._sync.request_later({job.id: Belief()}, AFTER_SUBMIT_DELAY)
         log.info("job.submitted", ucloud_id=job.id, slurm_id=slurm_id, user=plan.unix_user or "(service)")
         return self._provider_generated_id(slurm_id, now)
 
