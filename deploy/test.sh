@@ -6,6 +6,13 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/deploy/local-slurm/install-packages.sh"
+# Tools some tests use: sudo (jobs submitted as their owner), shellcheck (the deploy scripts).
+missing=()
+for tool in sudo shellcheck; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 "$ROOT/deploy/bootstrap.sh"
 cd "$ROOT"
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

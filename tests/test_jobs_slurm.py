@@ -7,9 +7,13 @@ verify call at all.
 from __future__ import annotations
 
 import asyncio
+import pwd
 import re
+import shutil
+import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +245,44 @@ async def test_a_restarted_daemon_picks_up_where_it_was_and_sends_each_transitio
     await asyncio.sleep(3)  # a few more monitor passes: nothing may be sent again
     updates = shared_core.updates_for(job["id"])
     assert [u["state"] for u in updates] == [None, "RUNNING", "SUCCESS"]
+
+
+@pytest.fixture(scope="session")
+def unix_user() -> Iterator[str]:
+    """A real Unix user for owner-mapped submission (created for the session, removed afterwards)."""
+    if not shutil.which("sudo"):
+        pytest.skip("sudo is not installed (deploy/test.sh installs it); owner-mapped submission runs sbatch through sudo")
+    name = "ucloudtest1"
+    created = subprocess.run(["id", name], capture_output=True).returncode != 0
+    if created:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/bash", name], check=True)
+    yield name
+    if created:
+        subprocess.run(["userdel", name], check=False)
+
+
+async def test_jobs_run_as_their_owner_when_configured(
+    slurm: LocalSlurm, make_harness: HarnessFactory, app_script: Path, unix_user: str
+) -> None:
+    jobs_dir = Path(f"/tmp/ucloud-owner-jobs-{uuid.uuid4().hex[:8]}")
+    jobs_dir.mkdir(mode=0o755)
+    app_script.parent.chmod(0o755)
+    app_script.chmod(0o644)
+    sections = provider_sections(app_script, jobs_dir, run_as="owner", users={"donna#1234": unix_user})
+    sections["jobs"]["directory"] = str(jobs_dir)
+    h = await make_harness(sections=sections, interval=1, max_interval=2)
+    job = new_job(value="mine", seconds=2)
+    status, answer = await h.call("jobs", {"items": [job]}, username="donna#1234")
+    assert status == 200, answer
+    slurm_id = answer["responses"][0]["id"].split("/")[1]
+    slurm.submitted.append(slurm_id)
+    assert scontrol_job(slurm, slurm_id)["UserId"].startswith(f"{unix_user}(")
+    await wait_core_state(h, job["id"], "SUCCESS")
+    result = jobs_dir / job["id"] / "value.txt"
+    assert result.read_text() == "mine"
+    assert pwd.getpwuid(result.stat().st_uid).pw_name == unix_user
+
+    status, answer = await h.call("jobs", {"items": [new_job()]}, username="stranger#9")
+    assert status == 400 and "has no account on this cluster" not in answer["why"]  # mapped by the template...
+    assert "no user 'stranger'" in answer["why"]  # ...to a user the cluster does not have
+    shutil.rmtree(jobs_dir)
