@@ -22,5 +22,5 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
     "$PYTHON" -m venv "$ROOT/.venv"
 fi
 "$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"
+"$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "${ROOT}[test]"
 echo "bootstrap: $("$ROOT/.venv/bin/ucloud-slurm-provider" --help >/dev/null && echo ready) ($ROOT/.venv)"

@@ -59,8 +59,9 @@ for line in sys.stdin:
     fi
     sleep 1
 done
-echo "== the job's folder: $(ls /var/lib/ucloud-slurm-provider/jobs/"$job" | tr '\n' ' ')"
-cat "/var/lib/ucloud-slurm-provider/jobs/$job/stdout.txt" 2>/dev/null | sed 's/^/   stdout: /' || true
+folder=/var/lib/ucloud-slurm-provider/jobs/$job
+echo "== the job's folder $folder holds: $(cd "$folder" && echo *)"
+sed 's/^/   stdout: /' "$folder/stdout.txt" 2>/dev/null || true
 cat <<INFO
 == the daemon keeps running (log: $RUN_DIR/daemon.log). Try, in another terminal (as root):
   export SLURM_CONF=$SLURM_CONF
