@@ -109,7 +109,7 @@ async def not_supported(request: web.Request) -> web.Response:
 
 async def retrieve_products(request: web.Request) -> web.Response:
     """``GET .../jobs/retrieveProducts``: one JobSupport per configured product (Core polls every 10 s)."""
-    settings = request.app[SETTINGS]
+    settings = request.app[JOBS].settings  # products follow a reload (SIGHUP)
     return web.json_response(
         {
             "responses": [

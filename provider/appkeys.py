@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from provider.config import Settings
 from provider.jobs import JobService
+from provider.metrics import Metrics
 from provider.monitor import OutboxSender
 from provider.slurm.backend import SlurmBackend
 from provider.store import Store
@@ -23,4 +25,6 @@ SENDER = web.AppKey("sender", OutboxSender)
 CORE = web.AppKey("core", CoreClient)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 JOBS = web.AppKey("jobs", JobService)
+METRICS = web.AppKey("metrics", Metrics)
+TASKS = web.AppKey("tasks", list[asyncio.Task[None]])  # the background loops, for the watchdog
 CLAIMS = web.RequestKey("claims", dict[str, Any])

@@ -109,19 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from provider.web import ConfigurationProblem, make_app
+    from provider.daemon import serve
+    from provider.web import ConfigurationProblem
 
     settings = load_settings(args.config)
     configure_logging(settings.logging.level, settings.logging.format)
+    log.info("serve.starting", host=settings.server.host, port=settings.server.port, provider_id=settings.provider.id)
     try:
-        app = make_app(settings)
+        asyncio.run(serve(settings, args.config))
     except ConfigurationProblem as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    log.info("serve.starting", host=settings.server.host, port=settings.server.port, provider_id=settings.provider.id)
-    web.run_app(app, host=settings.server.host, port=settings.server.port, print=None, access_log=None)
+    except OSError as exc:  # the port is taken, or similar
+        print(f"error: cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

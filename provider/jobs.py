@@ -59,7 +59,7 @@ class JobService:
         on_queued: Callable[[], None] = lambda: None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
-        self._settings = settings
+        self.settings = settings
         self._store = store
         self._backend = backend
         self._control = control
@@ -95,7 +95,7 @@ class JobService:
                 self._creating.pop(job.id, None)
 
     async def _submit(self, job: Job, username_header: str | None) -> str:
-        s = self._settings
+        s = self.settings
         username = acting_username(username_header, job)
         plan = plan_submission(
             job,
@@ -147,10 +147,10 @@ class JobService:
 
     def _provider_generated_id(self, slurm_id: str, submitted_at: int) -> str:
         """``<cluster>/<Slurm id>/<ms>`` (after UCloud's IM2): unique even after Slurm ids wrap."""
-        return f"{self._settings.slurm.cluster or 'slurm'}/{slurm_id}/{submitted_at}"
+        return f"{self.settings.slurm.cluster or 'slurm'}/{slurm_id}/{submitted_at}"
 
     def _output_folder(self, job: Job) -> str:
-        template = self._settings.jobs.output_folder
+        template = self.settings.jobs.output_folder
         return template.format(job_id=job.id, project=job.owner.project or "", username=job.owner.created_by) if template else ""
 
     async def _undo(self, ucloud_id: str) -> None:
@@ -201,7 +201,7 @@ class JobService:
             job = tracked.get(item.job.id)
             if job is None or job.state.is_final:
                 raise RequestRefused(f"Job {item.job.id} is not running on this provider")
-            product = find_product(self._settings.products, item.job)
+            product = find_product(self.settings.products, item.job)
             if not product.time_extension:
                 raise RequestRefused("Extension of jobs is not supported for this product")
             allocation = item.job.specification.time_allocation

@@ -59,6 +59,7 @@ class OutboxSender:
         self.sent = 0
         self.dropped = 0
         self.failures = 0
+        self.last_error = ""  # why the latest request to Core failed ("" = it worked, or none was needed)
 
     def wake(self) -> None:
         self._wake.set()
@@ -97,6 +98,7 @@ class OutboxSender:
     async def _send(self, items: list[OutboxItem]) -> bool:
         result = await self._client.push_updates([{"id": i.ucloud_id, "update": i.update} for i in items])
         seqs = [i.seq for i in items]
+        self.last_error = "" if result.delivered or result.rejected_ids or result.rejected_unnamed else result.error
         if result.delivered:
             await asyncio.to_thread(self._store.outbox_done, seqs)
             self.sent += len(items)

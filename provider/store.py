@@ -240,6 +240,13 @@ class Store:
                 [(error[:1000], s) for s in seqs],
             )
 
+    def count_by_state(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self._query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
+    def ping(self) -> None:
+        """Raise if the database cannot be read."""
+        self._query("SELECT 1")
+
     def outbox_stats(self) -> OutboxStats:
         row = self._query("SELECT COUNT(*) AS depth, MIN(created_at) AS oldest FROM outbox")[0]
         return OutboxStats(row["depth"], row["oldest"])

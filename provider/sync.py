@@ -101,6 +101,7 @@ class Synchronizer:
         self._rechecks: set[asyncio.TimerHandle] = set()
         self.passes = 0
         self.last_report: PassReport | None = None
+        self._busy = False
 
     # -- requests -----------------------------------------------------------------------------------
 
@@ -144,11 +145,14 @@ class Synchronizer:
                 pending, self._pending = self._pending, {}
                 include_active, self._include_active = self._include_active, False
                 future, self._next = self._next, None
+                self._busy = True
                 try:
                     report = await self.run_pass(pending, include_active)
                 except Exception as exc:  # a bug or a broken store must not stop future passes
                     log.exception("reconcile.pass_crashed")
                     report = PassReport(error=f"{type(exc).__name__}: {exc}")
+                finally:
+                    self._busy = False
                 self.last_report = report
                 if future is not None and not future.done():
                     future.set_result(report)
@@ -156,6 +160,17 @@ class Synchronizer:
             for handle in self._rechecks:
                 handle.cancel()
             self._rechecks.clear()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the pass in flight and the requests already accepted (a
+        verify answered with ``{}``) are decided and stored. True if nothing was left undone."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._busy or self._pending:
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("reconcile.flush_timeout", pending=len(self._pending))
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def run_pass(self, pending: Mapping[str, Belief], include_active: bool = False) -> PassReport:
         """Decide, store and queue: one whole pass."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,9 +19,10 @@ import structlog
 from aiohttp import web
 
 from provider.api import ApiError, add_routes, error_response
-from provider.appkeys import BACKEND, CLAIMS, CORE, JOBS, SENDER, SETTINGS, STORE, SYNC, VERIFIER
+from provider.appkeys import BACKEND, CLAIMS, CORE, JOBS, METRICS, SENDER, SETTINGS, STORE, SYNC, TASKS, VERIFIER
 from provider.config import Settings
 from provider.jobs import JobService
+from provider.metrics import Metrics, Snapshot
 from provider.monitor import OutboxSender, monitor_loop
 from provider.reconcile import DebounceRules
 from provider.slurm.backend import SlurmBackend
@@ -61,6 +63,9 @@ async def errors_and_request_ids(request: web.Request, handler: Handler) -> web.
             status=response.status,
             ms=round((time.monotonic() - started) * 1000, 1),
         )
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "(unmatched)"
+        request.app[METRICS].requests.labels(request.method, name, str(response.status)).inc()
         response.headers["X-Request-Id"] = request_id
         return response
 
@@ -85,6 +90,51 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: the store answers, and the latest Slurm query and the latest call to Core worked.
+
+    Read from what the daemon last saw, so a probe costs Slurm nothing. 503 names what is failing.
+    """
+    app = request.app
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.to_thread(app[STORE].ping)
+        checks["store"] = "ok"
+    except Exception as exc:  # any database error means not ready
+        checks["store"] = f"failing: {exc}"
+    slurm_errors = {cmd: err for cmd, err in app[BACKEND].last_error.items() if err}
+    checks["slurm"] = "ok" if not slurm_errors else "failing: " + "; ".join(f"{c}: {e}" for c, e in slurm_errors.items())
+    core_error = app[SENDER].last_error
+    checks["core"] = "ok" if not core_error else f"failing: {core_error}"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(request.app[METRICS].render)
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def snapshot(app: web.Application) -> Snapshot | None:
+    """The numbers /metrics reads at scrape time (runs in a worker thread: it asks the store)."""
+    if STORE not in app or SENDER not in app or SYNC not in app:
+        return None
+    stats = app[STORE].outbox_stats()
+    backend = app[BACKEND]
+    return Snapshot(
+        slurm_calls=dict(backend.calls),
+        slurm_failures=dict(backend.failures),
+        jobs_by_state=app[STORE].count_by_state(),
+        outbox_depth=stats.depth,
+        outbox_oldest_age_seconds=max(0.0, (now_ms() - stats.oldest_created_at) / 1000) if stats.oldest_created_at else 0.0,
+        updates_sent=app[SENDER].sent,
+        updates_rejected=app[SENDER].dropped,
+        update_failures=app[SENDER].failures,
+        token_refreshes=app[CORE].refreshes,
+        passes=app[SYNC].passes,
+    )
+
+
 # -- lifetime --------------------------------------------------------------------------------------
 
 
@@ -99,6 +149,10 @@ def make_app(
     app[SETTINGS] = settings
     app[VERIFIER] = TokenVerifier(load_public_key(settings.ucloud.public_key_file))
     app[BACKEND] = backend or select_backend(settings.slurm)
+    app[METRICS] = Metrics()
+    app[TASKS] = []
+    app[BACKEND].observer = app[METRICS].observe_slurm
+    app[METRICS].read_from(lambda: snapshot(app))
     refresh_token = read_refresh_token(settings)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -117,7 +171,7 @@ def make_app(
                 max_backoff=settings.reconcile.outbox_max_backoff,
             )
             app[SENDER] = sender
-            async with background(sender.run(), "outbox"):
+            async with background(sender.run(), "outbox", app[TASKS]):
                 yield
             # Shutdown: one last attempt to hand Core what is queued; what is not sent stays stored.
             with contextlib.suppress(asyncio.TimeoutError):
@@ -148,23 +202,30 @@ def make_app(
             on_queued=app[SENDER].wake,
             clock=clock,
         )
-        async with background(sync.run(), "reconcile"), background(
-            monitor_loop(sync, rec.interval, rec.max_interval), "monitor"
-        ):
-            yield
+        async with background(sync.run(), "reconcile", app[TASKS]):
+            async with background(monitor_loop(sync, rec.interval, rec.max_interval), "monitor", app[TASKS]):
+                yield
+            # Shutdown: decide what was already accepted (a verify answered {}), so its updates reach
+            # the outbox before the sender's last drain.
+            await sync.flush(timeout=10)
 
     app.cleanup_ctx.extend([store_ctx, core_ctx, sync_ctx])
     add_routes(app)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     log.info("app.configured", provider_id=settings.provider.id, backend=app[BACKEND].name)
     return app
 
 
 @contextlib.asynccontextmanager
-async def background(coro: Awaitable[None], name: str) -> AsyncIterator[asyncio.Task[None]]:
-    """Run ``coro`` as a task for the duration of the block; cancel it on the way out."""
+async def background(
+    coro: Awaitable[None], name: str, registry: list[asyncio.Task[None]]
+) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``coro`` as a task for the duration of the block (listed in ``registry`` for the watchdog)."""
     task = asyncio.ensure_future(coro)
     task.set_name(name)
+    registry.append(task)
     try:
         yield task
     finally:
@@ -174,8 +235,13 @@ async def background(coro: Awaitable[None], name: str) -> AsyncIterator[asyncio.
 
 
 def read_refresh_token(settings: Settings) -> str:
+    """The provider's refresh token; refused if other users could read it (it is the provider's password)."""
     path = settings.ucloud.refresh_token_file
     try:
+        if path.stat().st_mode & (stat.S_IROTH | stat.S_IWOTH):
+            raise ConfigurationProblem(
+                f"[ucloud] refresh_token_file: {path} is readable by other users; run: chmod o-rwx {path}"
+            )
         token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigurationProblem(f"[ucloud] refresh_token_file: {path}: cannot be read: {exc.strerror}") from None

@@ -94,3 +94,9 @@ def test_sacct_exit_code_is_code_colon_signal() -> None:
     assert ExitStatus.from_sacct("1:0") == ExitStatus(1, 0)
     assert ExitStatus.from_sacct("0:9") == ExitStatus(0, 9)
     assert ExitStatus.from_sacct("") is None
+
+
+def test_squeue_exit_code_changed_shape_in_slurm_24() -> None:
+    assert ExitStatus.from_squeue("256") == ExitStatus(1, 0)  # 22.05: the raw wait status
+    assert ExitStatus.from_squeue("1:0") == ExitStatus(1, 0)  # 24.11 and later: code:signal
+    assert ExitStatus.from_squeue("0:9") == ExitStatus(0, 9)

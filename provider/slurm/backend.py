@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from provider.slurm.types import QueryResult
@@ -18,7 +18,10 @@ class SlurmBackend(Protocol):
     """
 
     name: str
-    calls: Counter[str]
+    calls: Counter[str]  # queries run, by command
+    failures: Counter[str]  # queries that failed or timed out, by command
+    last_error: dict[str, str]  # command -> why its latest run failed ("" = it worked)
+    observer: Callable[[str, float], None]  # told each query's command and wall time
 
     async def live_jobs(self) -> QueryResult:
         """Every job slurmctld still holds, finished ones included (until MinJobAge)."""

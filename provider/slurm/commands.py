@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -51,6 +52,9 @@ class CommandBackend:
         self._timeout = timeout
         self._bin = bin_dir.rstrip("/") + "/" if bin_dir else ""
         self.calls: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.last_error: dict[str, str] = {}  # command -> why its latest run failed ("" = it worked)
+        self.observer: Callable[[str, float], None] = lambda command, seconds: None
         self.accounting_disabled = False
 
     async def _query(
@@ -58,6 +62,17 @@ class CommandBackend:
     ) -> list[SlurmJob] | str:
         """The jobs the command listed, or a sentence saying why its answer means nothing."""
         self.calls[command] += 1
+        started = time.monotonic()
+        outcome = await self._run_and_parse(command, argv, parse)
+        self.observer(command, time.monotonic() - started)
+        if isinstance(outcome, str):
+            self.failures[command] += 1
+        self.last_error[command] = outcome if isinstance(outcome, str) else ""
+        return outcome
+
+    async def _run_and_parse(
+        self, command: str, argv: list[str], parse: Callable[[str], list[SlurmJob]]
+    ) -> list[SlurmJob] | str:
         try:
             result = await run_command(argv, timeout=self._timeout, env=self._env)
         except CommandTimeout as exc:

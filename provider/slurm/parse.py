@@ -81,7 +81,7 @@ def parse_squeue(text: str, fields: Sequence[str] = SQUEUE_FIELDS, sep: str = UN
                 array_job_id=_clean(row.get("ArrayJobID", "")),
                 array_task_id=_clean(row.get("ArrayTaskID", "")),
                 reason=(row.get("Reason") or "").strip(),
-                exit_status=ExitStatus.from_wait_status(exit_text) if _clean(exit_text) else None,
+                exit_status=ExitStatus.from_squeue(exit_text) if _clean(exit_text) else None,
                 comment=row.get("Comment", ""),
             )
         )

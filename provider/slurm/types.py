@@ -132,6 +132,11 @@ class ExitStatus:
             return None
         return cls(code=(value >> 8) & 0xFF, signal=value & 0x7F)
 
+    @classmethod
+    def from_squeue(cls, text: str) -> ExitStatus | None:
+        """squeue's ``exit_code``: a raw wait status up to Slurm 23.x, ``code:signal`` since 24.x."""
+        return cls.from_sacct(text) if ":" in text else cls.from_wait_status(text)
+
     def describe(self) -> str:
         if self.signal:
             return f"killed by signal {self.signal}"
