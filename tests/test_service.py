@@ -237,3 +237,41 @@ async def test_tokens_never_reach_the_log(
         if line.startswith("{"):
             json.loads(line)  # the log is JSON lines for journald
 
+
+
+@pytest.mark.slow
+def test_install_script_sets_up_user_directories_modes_and_unit(tmp_path: Path, keys: DevCoreKeys) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("deploy/install.sh creates a system user: run the suite as root")
+    conf_dir, unit_dir, prefix = tmp_path / "etc", tmp_path / "units", tmp_path / "opt"
+    conf_dir.mkdir(mode=0o755)
+    shutil.copy(keys.refresh_token_file, conf_dir / "refresh_token")
+    (conf_dir / "refresh_token").chmod(0o644)  # as an admin might leave it
+    user = "ucloudtest2"
+    env = {**os.environ, "PREFIX": str(prefix), "CONF_DIR": str(conf_dir), "UNIT_DIR": str(unit_dir), "SERVICE_USER": user}
+    try:
+        for _ in range(2):  # idempotent
+            done = subprocess.run([str(REPO / "deploy" / "install.sh")], env=env, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr
+        import grp
+        import pwd
+        import stat
+
+        assert pwd.getpwnam(user).pw_shell == "/usr/sbin/nologin"
+        token = (conf_dir / "refresh_token").stat()
+        assert stat.S_IMODE(token.st_mode) == 0o640 and grp.getgrgid(token.st_gid).gr_name == user
+        assert stat.S_IMODE(conf_dir.stat().st_mode) == 0o750
+        assert (conf_dir / "config.toml").read_text() == (REPO / "config.example.toml").read_text()
+        unit = (unit_dir / UNIT.name).read_text()
+        assert f"ExecStart={prefix}/venv/bin/ucloud-slurm-provider serve --config {conf_dir}/config.toml" in unit
+        assert f"User={user}" in unit
+        check = subprocess.run(
+            [str(prefix / "venv" / "bin" / "ucloud-slurm-provider"), "--help"], capture_output=True, text=True
+        )
+        assert check.returncode == 0
+        if shutil.which("systemd-analyze"):
+            verified = subprocess.run(["systemd-analyze", "verify", str(unit_dir / UNIT.name)], capture_output=True, text=True)
+            assert verified.returncode == 0, verified.stderr
+    finally:
+        subprocess.run(["userdel", user], check=False, capture_output=True)
+        subprocess.run(["groupdel", user], check=False, capture_output=True)
