@@ -14,7 +14,7 @@ import structlog
 from provider.config import DEFAULT_CONFIG_DIR, ConfigError, Settings, load_settings
 from provider.logs import configure_logging
 from provider.reconcile import DebounceRules
-from provider.slurm.select import BackendUnavailable, select_backend
+from provider.slurm.select import BackendUnavailable, close_backend, open_backend, select_backend
 from provider.slurm.states import StateTable
 from provider.slurm.types import is_valid_slurm_id
 from provider.store import Store, StoreError
@@ -134,8 +134,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
         return EXIT_CONFIG
-    print(f"{source}: OK (provider {settings.provider.id}, backend {settings.slurm.backend}, store {settings.store.path})")
+    configure_logging("warning", "console")
+    backend, why = asyncio.run(_choose_backend(settings))  # BackendUnavailable: reported by main()
+    print(f"{source}: OK (provider {settings.provider.id}, store {settings.store.path})")
+    print(f"slurm backend: {backend} ({why})")
     return EXIT_OK
+
+
+async def _choose_backend(settings: Settings) -> tuple[str, str]:
+    backend, why = await select_backend(settings.slurm)
+    await close_backend(backend)
+    return backend.name, why
 
 
 def check_files(settings: Settings) -> list[str]:
@@ -213,13 +222,16 @@ def cmd_jobs_track(args: argparse.Namespace) -> int:
 
 async def _lookup(settings: Settings, slurm_id: str) -> tuple[str | None, str]:
     """``(the Slurm job's name, "")``, or ``(None, why it could not be found)``."""
-    backend = select_backend(settings.slurm)
-    live = await backend.live_jobs()
-    if live.ok and slurm_id in live.jobs:
-        return live.jobs[slurm_id].name, ""
-    history = await backend.finished_jobs([slurm_id])
-    if history.ok and slurm_id in history.jobs:
-        return history.jobs[slurm_id].name, ""
+    backend = await open_backend(settings.slurm)
+    try:
+        live = await backend.live_jobs()
+        if live.ok and slurm_id in live.jobs:
+            return live.jobs[slurm_id].name, ""
+        history = await backend.finished_jobs([slurm_id])
+        if history.ok and slurm_id in history.jobs:
+            return history.jobs[slurm_id].name, ""
+    finally:
+        await close_backend(backend)
     if not live.ok or not history.ok:
         return None, f"Slurm could not be asked about job {slurm_id} ({live.error or history.error})"
     return None, f"Slurm does not know job {slurm_id} (neither squeue nor sacct lists it)"
@@ -256,14 +268,18 @@ def cmd_verify_dry_run(args: argparse.Namespace) -> int:
 async def _plan(settings: Settings, store: Store) -> PassReport:
     """What the next pass would decide for every active job; nothing is stored or sent."""
     rec = settings.reconcile
+    backend = await open_backend(settings.slurm)
     sync = Synchronizer(
         store,
-        select_backend(settings.slurm),
+        backend,
         StateTable(settings.slurm.states),
         DebounceRules(rec.missing_checks, int(rec.missing_window * 1000), int(rec.missing_min_age * 1000)),
         PassTimings(int(rec.unknown_job_grace * 1000), rec.confirm_interval),
     )
-    return await sync.plan({}, include_active=True)
+    try:
+        return await sync.plan({}, include_active=True)
+    finally:
+        await close_backend(backend)
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:

@@ -45,6 +45,7 @@ class SlurmSection(_Section):
     conf: str = ""  # SLURM_CONF for every Slurm call; "" = inherit (or Slurm's own default)
     bin_dir: str = ""  # where squeue/sacct/sbatch live; "" = PATH
     query_timeout: PositiveSeconds = 30.0
+    pyslurm_python: str = ""  # the interpreter for the pyslurm worker; "" = the daemon's own
     states: dict[str, str] = Field(default_factory=dict)  # Slurm state -> UCloud state or "KEEP"
 
     @field_validator("states")

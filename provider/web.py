@@ -27,7 +27,7 @@ from provider.monitor import OutboxSender, monitor_loop
 from provider.reconcile import DebounceRules
 from provider.slurm.backend import SlurmBackend
 from provider.slurm.control import SlurmControl
-from provider.slurm.select import select_backend
+from provider.slurm.select import close_backend, open_backend
 from provider.slurm.states import StateTable
 from provider.store import Store
 from provider.sync import PassTimings, Synchronizer, now_ms
@@ -117,7 +117,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def snapshot(app: web.Application) -> Snapshot | None:
     """The numbers /metrics reads at scrape time (runs in a worker thread: it asks the store)."""
-    if STORE not in app or SENDER not in app or SYNC not in app:
+    if STORE not in app or SENDER not in app or SYNC not in app or BACKEND not in app:
         return None
     stats = app[STORE].outbox_stats()
     backend = app[BACKEND]
@@ -148,12 +148,17 @@ def make_app(
     app = web.Application(middlewares=[errors_and_request_ids, ucloud_auth], client_max_size=64 * 1024 * 1024)
     app[SETTINGS] = settings
     app[VERIFIER] = TokenVerifier(load_public_key(settings.ucloud.public_key_file))
-    app[BACKEND] = backend or select_backend(settings.slurm)
     app[METRICS] = Metrics()
     app[TASKS] = []
-    app[BACKEND].observer = app[METRICS].observe_slurm
     app[METRICS].read_from(lambda: snapshot(app))
     refresh_token = read_refresh_token(settings)
+
+    async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[BACKEND] = backend or await open_backend(settings.slurm)
+        app[BACKEND].observer = app[METRICS].observe_slurm
+        yield
+        if backend is None:
+            await close_backend(app[BACKEND])
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = await asyncio.to_thread(Store, settings.store.path)
@@ -209,12 +214,12 @@ def make_app(
             # the outbox before the sender's last drain.
             await sync.flush(timeout=10)
 
-    app.cleanup_ctx.extend([store_ctx, core_ctx, sync_ctx])
+    app.cleanup_ctx.extend([backend_ctx, store_ctx, core_ctx, sync_ctx])
     add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    log.info("app.configured", provider_id=settings.provider.id, backend=app[BACKEND].name)
+    log.info("app.configured", provider_id=settings.provider.id)
     return app
 
 

@@ -34,7 +34,7 @@ set -euo pipefail
 LOG_TAG=${LOG_TAG:-docker-${1:-entrypoint}}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LOCAL_SLURM=${LOCAL_SLURM:-$(cd "$HERE/../local-slurm" && pwd)}
-# shellcheck source=../local-slurm/common.sh
+# shellcheck source=SCRIPTDIR/../local-slurm/common.sh
 source "$LOCAL_SLURM/common.sh"
 
 SHARED=${SLURM_DOCKER_SHARED:-/cluster}
@@ -143,7 +143,6 @@ supervise() {
     tail_pid=$!
     # shellcheck disable=SC2317  # invoked by the trap
     on_term() {
-        log "stopping ${names[*]}"
         local n
         for n in "${names[@]}"; do
             stop_daemons "$n"

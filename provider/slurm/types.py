@@ -109,6 +109,7 @@ class ExitStatus:
 
     code: int = 0
     signal: int = 0
+    ambiguous: bool = False  # pyslurm reports codes of 128 and more as code - 128
 
     @classmethod
     def from_sacct(cls, text: str) -> ExitStatus | None:
@@ -140,6 +141,8 @@ class ExitStatus:
     def describe(self) -> str:
         if self.signal:
             return f"killed by signal {self.signal}"
+        if self.ambiguous:
+            return f"exit code {self.code} or {self.code + 128}"
         return f"exit code {self.code}"
 
 
