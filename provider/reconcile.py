@@ -99,7 +99,7 @@ def observe(job: TrackedJob, live: QueryResult, history: QueryResult | None) -> 
     if record is not None and _is_final_record(record):
         return Observation(Seen.FOUND, record, "sacct")
     if not live.ok:
-        return Observation(Seen.UNKNOWN, detail=f"squeue failed ({live.error}); sacct has no final record")
+        return Observation(Seen.UNKNOWN, detail=f"the live query failed ({live.error}); accounting has no final record")
     if other:
         return Observation(Seen.MISSING, detail=f"Slurm id {job.slurm_id} now belongs to another job")
     if record is not None:

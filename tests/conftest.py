@@ -31,6 +31,7 @@ from provider.web import make_app
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_SLURM = REPO / "deploy" / "local-slurm"
 PROVIDER_ID = "slurm"
+FINAL_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
 # -- the local Slurm cluster ------------------------------------------------------------------------
@@ -66,12 +67,15 @@ class LocalSlurm:
         return slurm_id
 
     def state(self, slurm_id: str) -> str:
-        """The job's state as squeue (or, once purged there, sacct) shows it."""
-        out = self.run("squeue", "-h", "-t", "all", "-j", slurm_id, "-o", "%T", check=False).stdout.strip()
-        if out:
-            return out
-        out = self.run("sacct", "-n", "-P", "-X", "-j", slurm_id, "-o", "State", check=False).stdout.strip()
-        return out.split()[0] if out else ""
+        """The job's state as squeue (or, once purged there, sacct) shows it; for an array, the state of
+        a task that has not finished yet, if any."""
+        out = self.run("squeue", "-h", "-t", "all", "-j", slurm_id, "-o", "%T", check=False).stdout.split()
+        if not out:
+            rows = self.run("sacct", "-n", "-P", "-X", "-j", slurm_id, "-o", "State", check=False).stdout.splitlines()
+            out = [row.split()[0] for row in rows if row.strip()]
+        if not out:
+            return ""
+        return next((state for state in out if state not in FINAL_SLURM_STATES), out[0])
 
     def wait_state(self, slurm_id: str, states: set[str], timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -82,11 +86,13 @@ class LocalSlurm:
             time.sleep(0.5)
         raise AssertionError(f"Slurm job {slurm_id} did not reach {states} within {timeout} s (last: {state!r})")
 
+    ctl_command: list[str] = field(default_factory=lambda: [str(LOCAL_SLURM / "ctl.sh")])
+
     def ctl(self, daemon: str, action: str) -> None:
-        subprocess.run(
-            [str(LOCAL_SLURM / "ctl.sh"), daemon, action], env=self.env(), check=True, timeout=120,
-            capture_output=True,
-        )
+        """Stop or start one daemon (fault injection): ``ctl.sh slurmctld stop`` and the like."""
+        if not self.ctl_command:
+            pytest.skip("this external cluster has no PROVIDER_TEST_SLURM_CTL to stop and start its daemons")
+        subprocess.run([*self.ctl_command, daemon, action], env=self.env(), check=True, timeout=120, capture_output=True)
 
 
 # The test session's own cluster, beside (not instead of) a development cluster on the default ports.
@@ -101,9 +107,29 @@ TEST_CLUSTER = {
 }
 
 
+def min_job_age(env: dict[str, str]) -> int:
+    out = subprocess.run(["scontrol", "show", "config"], env=env, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"^MinJobAge\s*=\s*(\d+)", out, re.M)
+    return int(match.group(1)) if match else 300
+
+
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[LocalSlurm]:
-    """A real Slurm (slurmctld, slurmd, slurmdbd, MariaDB, munge), started for the session if not up."""
+    """A real Slurm (slurmctld, slurmd, slurmdbd, MariaDB, munge), started for the session if not up.
+
+    PROVIDER_TEST_SLURM_CONF points the tests at a cluster that runs already (another Slurm version,
+    the compose cluster in deploy/docker): the tests neither start nor stop it, and use
+    PROVIDER_TEST_SLURM_CTL (a command taking ``<daemon> stop|start``) for fault injection if given.
+    """
+    external = os.environ.get("PROVIDER_TEST_SLURM_CONF")
+    if os.environ.get("PROVIDER_TEST_CLUSTER") == "docker":  # the compose cluster of deploy/docker
+        external = external or os.environ.get("SLURM_CONF")
+    if external:
+        env = {**os.environ, "SLURM_CONF": external}
+        ctl = os.environ.get("PROVIDER_TEST_SLURM_CTL", "")
+        os.environ["SLURM_CONF"] = external
+        yield LocalSlurm(Path(external).parent, external, min_job_age(env), ctl_command=ctl.split() if ctl else [])
+        return
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster runs as root: run the suite as root (deploy/test.sh)")
     missing = [b for b in ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd") if not shutil.which(b)]
@@ -118,9 +144,7 @@ def slurm() -> Iterator[LocalSlurm]:
         and subprocess.run(["scontrol", "ping"], env=env, capture_output=True, timeout=60).returncode == 0
     )
     subprocess.run([str(LOCAL_SLURM / "start.sh")], env=env, check=True, timeout=600)
-    out = subprocess.run(["scontrol", "show", "config"], env=env, capture_output=True, text=True, check=True).stdout
-    match = re.search(r"^MinJobAge\s*=\s*(\d+)", out, re.M)
-    cluster = LocalSlurm(directory, conf, int(match.group(1)) if match else 300, extra_env=settings)
+    cluster = LocalSlurm(directory, conf, min_job_age(env), extra_env=settings)
     os.environ["SLURM_CONF"] = conf
     yield cluster
     if cluster.submitted:
@@ -153,7 +177,7 @@ class Harness:
     core: DevCore
     core_url: str
     keys: DevCoreKeys
-    backend: CommandBackend
+    backend: Any  # a SlurmBackend; tests read its call counters
     settings: Settings
 
     @property
@@ -269,13 +293,14 @@ async def make_harness(
         store_path: Path | None = None,
         core: DevCore | None = None,
         sections: dict[str, Any] | None = None,
+        backend: Any = None,
         **reconcile: Any,
     ) -> Harness:
         core = core or DevCore(keys, PROVIDER_ID)
         server: TestServer = await aiohttp_server(core.make_app(), host="127.0.0.1")
         core_url = str(server.make_url("")).rstrip("/")
         settings = daemon_settings(keys, core_url, store_path or tmp_path / "provider.sqlite3", sections, **reconcile)
-        backend = CommandBackend(slurm_conf=settings.slurm.conf or None, timeout=settings.slurm.query_timeout)
+        backend = backend or CommandBackend(slurm_conf=settings.slurm.conf or None, timeout=settings.slurm.query_timeout)
         client = await aiohttp_client(make_app(settings, backend=backend), server_kwargs={"host": "127.0.0.1"})
         harness = Harness(client, core, core_url, keys, backend, settings)
         await wait_for(lambda: harness.sync.passes >= 1, 30)  # the monitor's start-up pass is behind us

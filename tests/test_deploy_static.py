@@ -4,8 +4,8 @@ The compose cluster itself (deploy/docker/) is not started here: these machines 
 What can be checked without one is checked: the compose file against the Compose Specification's JSON
 schema, the paths, volumes, networks and ports it names, the Dockerfiles (hadolint, or a structural
 check), the daemon settings it mounts, the multi-host configuration its init service renders with
-deploy/local-slurm/common.sh, and shellcheck on every shell script under deploy/local-slurm and
-deploy/docker. A check whose tool is missing skips and says which package brings it.
+deploy/local-slurm/common.sh, and shellcheck on every shell script under deploy/ (local-slurm, docker
+and the top-level scripts). A check whose tool is missing skips and says which package brings it.
 """
 
 from __future__ import annotations
@@ -162,11 +162,17 @@ def test_build_contexts_and_dockerfiles_exist(compose: dict[str, Any]) -> None:
 
 
 def test_dockerfile_copy_sources_exist_and_are_in_the_context(compose: dict[str, Any]) -> None:
+    # The matcher itself, on the allow-list style the .dockerignore files use.
+    assert dockerignore_excludes(["*", "!provider/", "**/__pycache__"], ".venv/bin/python")
+    assert not dockerignore_excludes(["*", "!provider/", "**/__pycache__"], "provider/cli.py")
+    assert dockerignore_excludes(["*", "!provider/", "**/__pycache__"], "provider/__pycache__/cli.pyc")
     for context, dockerfile in set(build_specs(compose).values()):
         ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
         patterns = [
             line.strip() for line in ignore.read_text().splitlines() if line.strip() and not line.startswith("#")
         ]
+        for heavy in (".git/HEAD", ".venv/bin/python"):
+            assert dockerignore_excludes(patterns, heavy), f"{ignore.name} lets {heavy} into the build context"
         for word, args in dockerfile_instructions(dockerfile):
             if word not in ("COPY", "ADD"):
                 continue
@@ -190,7 +196,7 @@ def test_every_volume_network_and_dependency_is_declared(compose: dict[str, Any]
             assert target.startswith("/"), f"{name}: volume target {target!r} is not absolute"
             if kind == "bind":
                 assert (COMPOSE.parent / source).exists(), f"{name}: bind mount source {source} does not exist"
-            else:
+            elif source:  # "" = an anonymous volume
                 assert source in declared_volumes, f"{name}: volume {source!r} is not declared under volumes:"
                 used_volumes.add(source)
         networks = service.get("networks", [])
@@ -233,11 +239,13 @@ def test_slurm_settings_are_the_same_in_every_container(compose: dict[str, Any])
         assert env == reference, f"{name}: Slurm settings differ from init's"
         conf = str(services(compose)[name]["environment"].get("SLURM_CONF"))
         assert conf == f"{reference['SLURM_DOCKER_SHARED']}/etc/slurm.conf", f"{name}: SLURM_CONF={conf}"
-    nodes = reference["SLURM_DOCKER_NODES"].split()
-    for node in nodes:
-        assert services(compose)[node].get("hostname") == node, f"compute node {node}: hostname must be {node}"
-    for role in ("slurmctld", "slurmdbd", "mariadb"):
-        host = reference[{"slurmctld": "SLURM_DOCKER_CTLD_HOST", "slurmdbd": "SLURM_DOCKER_DBD_HOST", "mariadb": "SLURM_DOCKER_DB_HOST"}[role]]
+    # Every host the configuration names is a service whose host name is that name (slurmctld and
+    # slurmdbd check that their host name is SlurmctldHost / DbdHost; slurmd runs as its node name).
+    hosts = reference["SLURM_DOCKER_NODES"].split() + [
+        reference[key] for key in ("SLURM_DOCKER_CTLD_HOST", "SLURM_DOCKER_DBD_HOST", "SLURM_DOCKER_DB_HOST")
+    ]
+    for host in hosts:
+        assert host in services(compose), f"{host} is named in the settings but is no service"
         assert services(compose)[host].get("hostname") == host, f"{host}: hostname must be {host}"
 
 
@@ -344,19 +352,19 @@ def test_init_renders_a_multi_host_configuration_with_common_sh(compose: dict[st
 
 
 def shell_scripts() -> list[Path]:
-    """Every shell script under deploy/local-slurm and deploy/docker: *.sh and files with a sh/bash shebang."""
+    """Every shell script under deploy/ (local-slurm, docker and the rest): *.sh and files with a sh/bash
+    shebang."""
     found = []
-    for directory in (DEPLOY / "local-slurm", DOCKER):
-        for path in sorted(directory.rglob("*")):
-            if not path.is_file():
-                continue
-            if path.suffix == ".sh":
-                found.append(path)
-                continue
-            with path.open("rb") as f:
-                first = f.readline()
-            if re.match(rb"#!\s*\S*(/env\s+)?\S*\b(ba)?sh\b", first):
-                found.append(path)
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file():
+            continue
+        if path.suffix == ".sh":
+            found.append(path)
+            continue
+        with path.open("rb") as f:
+            first = f.readline()
+        if re.match(rb"#!\s*\S*(/env\s+)?\S*\b(ba)?sh\b", first):
+            found.append(path)
     return found
 
 
@@ -382,7 +390,9 @@ def shellcheck_results() -> dict[Path, subprocess.CompletedProcess[str]]:
 
 def test_shell_scripts_were_found() -> None:
     names = {p.relative_to(DEPLOY).as_posix() for p in SCRIPTS}
-    assert {"local-slurm/common.sh", "local-slurm/start.sh", "docker/entrypoint.sh", "docker/shims/mariadbd"} <= names
+    assert {
+        "bootstrap.sh", "local-slurm/common.sh", "local-slurm/start.sh", "docker/entrypoint.sh", "docker/shims/mariadbd"
+    } <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.relative_to(DEPLOY).as_posix() for p in SCRIPTS])

@@ -81,6 +81,7 @@ class PyslurmBackend:
     async def _spawn(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
             self._python,
+            "-I",  # isolated: the worker's own folder (provider/slurm, with its types.py) stays off sys.path
             str(WORKER),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
