@@ -9,7 +9,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from provider.appkeys import JOBS, SETTINGS, SYNC
+from provider.appkeys import JOBS, SYNC
 from provider.jobs import SlurmUnavailable
 from provider.submission import RequestRefused
 from provider.sync import Belief

@@ -81,7 +81,7 @@ class OutboxSender:
             backoff = min(self._max_backoff, backoff * 2)
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
 

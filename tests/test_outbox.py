@@ -50,7 +50,7 @@ async def test_queued_updates_survive_a_restart(make_harness: HarnessFactory, tm
     await first.client.close()  # the daemon stops with Core still down
 
     core = DevCore(first.keys, "slurm")
-    second = await make_harness(store_path=store_path, core=core)
+    await make_harness(store_path=store_path, core=core)  # the restarted daemon, on the same store
     await wait_for(lambda: len(core.updates) == 2, 30)
     assert [u["id"] for u in core.updates] == ["10", "11"]
 

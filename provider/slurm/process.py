@@ -73,7 +73,7 @@ async def run_command(
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise CommandTimeout(argv, timeout) from None

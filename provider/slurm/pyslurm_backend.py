@@ -94,7 +94,7 @@ class PyslurmBackend:
         try:
             first = await asyncio.wait_for(self._proc.stdout.readline(), START_TIMEOUT)  # type: ignore[union-attr]
             hello = json.loads(first) if first else {"ok": False, "error": "the worker exited at once"}
-        except (asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, ValueError) as exc:
             hello = {"ok": False, "error": f"the worker did not start ({type(exc).__name__})"}
         if not hello.get("ok"):
             await self._kill()
@@ -126,7 +126,7 @@ class PyslurmBackend:
             proc.stdin.write((json.dumps(request) + "\n").encode())
             await proc.stdin.drain()
             line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self._kill()
             self.restarts += 1
             return f"pyslurm did not answer within {timeout:g} s (worker stopped; a new one starts with the next query)"

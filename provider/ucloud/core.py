@@ -75,7 +75,7 @@ class CoreClient:
                 payload = await _json(resp)
                 if resp.status != 200:
                     raise CoreUnavailable(f"token refresh answered {resp.status}: {_why(payload)}")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise CoreUnavailable(f"token refresh failed: {type(exc).__name__}: {exc}") from None
         try:
             token = payload["responses"][0]["accessToken"]
@@ -103,7 +103,7 @@ class CoreClient:
                     status = resp.status
             except CoreUnavailable as exc:
                 return PushResult(False, error=str(exc))
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 return PushResult(False, error=f"{type(exc).__name__}: {exc}")
             if status == 401 and attempt == 1:
                 log.info("core.unauthorized_retry")
