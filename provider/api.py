@@ -10,8 +10,6 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from provider.appkeys import JOBS, SYNC
-from provider.jobs import SlurmUnavailable
-from provider.submission import RequestRefused
 from provider.sync import Belief
 from provider.ucloud.models import BulkRequest, ErrorBody, ExtendRequest, Job
 
@@ -55,11 +53,6 @@ def describe_validation(exc: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def refusals_as_400(exc: Exception) -> ApiError:
-    """User-visible errors are 4xx: Core shows no 5xx text to users (IM2's comment in launch.go)."""
-    return ApiError(400, str(exc))
-
-
 async def verify_jobs(request: web.Request) -> web.Response:
     """``POST .../jobs/verify``: accept the batch, answer ``{}``; updates follow via the outbox."""
     bulk = await read_bulk(request, Job)
@@ -70,30 +63,25 @@ async def verify_jobs(request: web.Request) -> web.Response:
 
 
 async def create_jobs(request: web.Request) -> web.Response:
-    """``POST .../jobs``: submit with sbatch, answer the providerGeneratedIds."""
+    """``POST .../jobs``: submit with sbatch, answer the providerGeneratedIds.
+
+    Refusals (``RequestRefused``, ``SlurmUnavailable``) become 400 with their message in the error
+    middleware: Core shows users the ``why`` of 4xx answers, never of 5xx (IM2's comment in launch.go).
+    """
     bulk = await read_bulk(request, Job)
-    try:
-        ids = await request.app[JOBS].create(bulk.items, request.headers.get("ucloud-username"))
-    except (RequestRefused, SlurmUnavailable) as exc:
-        raise refusals_as_400(exc) from None
+    ids = await request.app[JOBS].create(bulk.items, request.headers.get("ucloud-username"))
     return web.json_response({"responses": [{"id": i} for i in ids]})
 
 
 async def terminate_jobs(request: web.Request) -> web.Response:
     bulk = await read_bulk(request, Job)
-    try:
-        await request.app[JOBS].terminate(bulk.items)
-    except (RequestRefused, SlurmUnavailable) as exc:
-        raise refusals_as_400(exc) from None
+    await request.app[JOBS].terminate(bulk.items)
     return web.json_response({"responses": [{} for _ in bulk.items]})
 
 
 async def extend_jobs(request: web.Request) -> web.Response:
     bulk = await read_bulk(request, ExtendRequest)
-    try:
-        await request.app[JOBS].extend(bulk.items)
-    except (RequestRefused, SlurmUnavailable) as exc:
-        raise refusals_as_400(exc) from None
+    await request.app[JOBS].extend(bulk.items)
     return web.json_response({"responses": [{} for _ in bulk.items]})
 
 

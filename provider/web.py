@@ -21,7 +21,7 @@ from aiohttp import web
 from provider.api import ApiError, add_routes, error_response
 from provider.appkeys import BACKEND, CLAIMS, CORE, JOBS, METRICS, SENDER, SETTINGS, STORE, SYNC, TASKS, VERIFIER
 from provider.config import Settings
-from provider.jobs import JobService
+from provider.jobs import JobService, SlurmUnavailable
 from provider.metrics import Metrics, Snapshot
 from provider.monitor import OutboxSender, monitor_loop
 from provider.reconcile import DebounceRules
@@ -30,6 +30,7 @@ from provider.slurm.control import SlurmControl
 from provider.slurm.select import close_backend, open_backend
 from provider.slurm.states import StateTable
 from provider.store import Store
+from provider.submission import RequestRefused
 from provider.sync import PassTimings, Synchronizer, now_ms
 from provider.ucloud.auth import TokenVerifier, Unauthorized, load_public_key
 from provider.ucloud.core import CoreClient
@@ -49,6 +50,8 @@ async def errors_and_request_ids(request: web.Request, handler: Handler) -> web.
             response = await handler(request)
         except ApiError as exc:
             response = error_response(exc.status, exc.why)
+        except (RequestRefused, SlurmUnavailable) as exc:  # for the user: Core shows 4xx, never 5xx, texts
+            response = error_response(400, str(exc))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

@@ -80,3 +80,25 @@ def test_tracking_an_id_slurm_does_not_know_needs_force(config: Path, slurm: Loc
 def test_slurm_ids_are_validated(config: Path, bad: str) -> None:
     done = cli(config, "jobs track", "1", bad)
     assert done.returncode == 2 and "is not a Slurm job id" in done.stderr
+
+
+def test_check_config_says_which_backend_auto_chose_and_why(config: Path) -> None:
+    config.write_text(config.read_text().replace('backend = "cli"', 'backend = "auto"'))
+    done = cli(config, "check-config")
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("slurm backend:"))
+    if "slurm backend: pyslurm" in line:
+        pytest.skip(f"a matching pyslurm is installed here, so auto chose it: {line}")
+    assert line.startswith("slurm backend: cli (auto: ") and line.endswith("; using squeue and sacct)")
+
+
+def test_backend_pyslurm_that_cannot_serve_this_slurm_stops_the_start(config: Path, slurm: LocalSlurm) -> None:
+    config.write_text(config.read_text().replace('backend = "cli"', 'backend = "pyslurm"'))
+    version = slurm.run("scontrol", "--version").stdout.split()[-1]
+    major_minor = ".".join(version.split(".")[:2])
+    for command in ("check-config", "serve"):
+        done = cli(config, command)
+        if done.returncode == 0:
+            pytest.skip("a pyslurm matching this cluster's Slurm is installed here")
+        assert done.returncode == 2
+        assert f"This cluster runs Slurm {version}; it needs a pyslurm built for Slurm {major_minor}" in done.stderr
