@@ -98,7 +98,8 @@ class Synchronizer:
         self._include_active = False
         self._next: asyncio.Future[PassReport] | None = None
         self._wake = asyncio.Event()
-        self._rechecks: set[asyncio.TimerHandle] = set()
+        self._later: dict[str, Belief] = {}  # jobs waiting for a pass at the time of _later_handle
+        self._later_handle: asyncio.TimerHandle | None = None
         self.passes = 0
         self.last_report: PassReport | None = None
         self._busy = False
@@ -124,15 +125,25 @@ class Synchronizer:
         return self._next
 
     def request_later(self, beliefs: Mapping[str, Belief], delay: float) -> None:
-        """Reconcile these jobs in a pass ``delay`` seconds from now."""
+        """Reconcile these jobs in a pass ``delay`` seconds from now.
+
+        All later requests share one timer, which only ever moves earlier: passes that keep finding
+        Slurm down (each asks for a re-check) can never multiply into a storm of queries.
+        """
         loop = asyncio.get_running_loop()
+        for ucloud_id, belief in beliefs.items():
+            if belief.believed is not None or ucloud_id not in self._later:
+                self._later[ucloud_id] = belief
+        due = loop.time() + delay
+        if self._later_handle is not None and self._later_handle.when() <= due:
+            return
+        if self._later_handle is not None:
+            self._later_handle.cancel()
+        self._later_handle = loop.call_at(due, self._fire_later)
 
-        def fire() -> None:
-            self._rechecks.discard(handle)
-            self.request(beliefs)
-
-        handle = loop.call_later(delay, fire)
-        self._rechecks.add(handle)
+    def _fire_later(self) -> None:
+        beliefs, self._later, self._later_handle = self._later, {}, None
+        self.request(beliefs)
 
     # -- the worker ---------------------------------------------------------------------------------
 
@@ -157,9 +168,9 @@ class Synchronizer:
                 if future is not None and not future.done():
                     future.set_result(report)
         finally:
-            for handle in self._rechecks:
-                handle.cancel()
-            self._rechecks.clear()
+            if self._later_handle is not None:
+                self._later_handle.cancel()
+                self._later_handle = None
 
     async def flush(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until the pass in flight and the requests already accepted (a
