@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from provider.config import DEFAULT_CONFIG_DIR, ConfigError, Settings, load_settings
+from provider.config import DEFAULT_CONFIG_DIR, ConfigError, Settings, load_settings, read_refresh_token
 from provider.logs import configure_logging
 from provider.reconcile import DebounceRules
 from provider.slurm.select import BackendUnavailable, close_backend, open_backend, select_backend
@@ -110,16 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from provider.daemon import serve
-    from provider.web import ConfigurationProblem
 
     settings = load_settings(args.config)
     configure_logging(settings.logging.level, settings.logging.format)
     log.info("serve.starting", host=settings.server.host, port=settings.server.port, provider_id=settings.provider.id)
     try:
-        asyncio.run(serve(settings, args.config))
-    except ConfigurationProblem as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        asyncio.run(serve(settings, args.config))  # ConfigError and friends: reported by main()
     except OSError as exc:  # the port is taken, or similar
         print(f"error: cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
@@ -154,12 +150,10 @@ def check_files(settings: Settings) -> list[str]:
         load_public_key(settings.ucloud.public_key_file)
     except PublicKeyError as exc:
         problems.append(f"[ucloud] public_key_file: {exc}")
-    token_file = settings.ucloud.refresh_token_file
     try:
-        if not token_file.read_text(encoding="utf-8").strip():
-            problems.append(f"[ucloud] refresh_token_file: {token_file} is empty")
-    except OSError as exc:
-        problems.append(f"[ucloud] refresh_token_file: {token_file}: cannot be read: {exc.strerror}")
+        read_refresh_token(settings.ucloud)
+    except ConfigError as exc:
+        problems.append(str(exc))
     parent = settings.store.path.parent
     if parent.exists() and not parent.is_dir():
         problems.append(f"[store] path: {parent} is not a directory")

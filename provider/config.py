@@ -7,6 +7,7 @@ documents each key. Unknown keys are errors: a typo must not silently fall back 
 from __future__ import annotations
 
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -204,3 +205,18 @@ def _message(err: Any) -> str:
         return "unknown key (check the spelling against config.example.toml)"
     msg = str(err["msg"])
     return msg.removeprefix("Value error, ")
+
+
+def read_refresh_token(ucloud: UCloudSection) -> str:
+    """The provider's refresh token; refused if other users could read it (it is the provider's password)."""
+    path = ucloud.refresh_token_file
+    key = "[ucloud] refresh_token_file"
+    try:
+        if path.stat().st_mode & (stat.S_IROTH | stat.S_IWOTH):
+            raise ConfigError(f"{key}: {path} is readable by other users; run: chmod o-rwx {path}")
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: {path}: cannot be read: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"{key}: {path} is empty")
+    return token

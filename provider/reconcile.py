@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, replace
 
 from provider.slurm.states import StateTable
-from provider.slurm.types import QueryResult, SlurmJob
+from provider.slurm.types import FINISHED_BASE_STATES, QueryResult, SlurmJob
 from provider.ucloud.models import NO_LONGER_AVAILABLE, JobState, JobUpdate
 
 
@@ -119,13 +119,8 @@ def _ours(job: TrackedJob, found: SlurmJob | None) -> SlurmJob | None:
     return found
 
 
-_FINAL_SLURM_STATES = frozenset(
-    {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"}
-)
-
-
 def _is_final_record(job: SlurmJob) -> bool:
-    return job.state.base in _FINAL_SLURM_STATES and "REQUEUED" not in job.state.flags
+    return job.state.base in FINISHED_BASE_STATES and "REQUEUED" not in job.state.flags
 
 
 def decide_tracked(

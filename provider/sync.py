@@ -104,6 +104,11 @@ class Synchronizer:
         self.last_report: PassReport | None = None
         self._busy = False
 
+    @property
+    def idle(self) -> bool:
+        """No pass is running and none is asked for (timers for later passes aside)."""
+        return not self._busy and not self._pending and not self._include_active and self._next is None
+
     # -- requests -----------------------------------------------------------------------------------
 
     def request(self, beliefs: Mapping[str, Belief]) -> asyncio.Future[PassReport]:

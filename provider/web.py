@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import stat
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +19,7 @@ from aiohttp import web
 
 from provider.api import ApiError, add_routes, error_response
 from provider.appkeys import BACKEND, CLAIMS, CORE, JOBS, METRICS, SENDER, SETTINGS, STORE, SYNC, TASKS, VERIFIER
-from provider.config import Settings
+from provider.config import Settings, read_refresh_token
 from provider.jobs import JobService, SlurmUnavailable
 from provider.metrics import Metrics, Snapshot
 from provider.monitor import OutboxSender, monitor_loop
@@ -154,7 +153,7 @@ def make_app(
     app[METRICS] = Metrics()
     app[TASKS] = []
     app[METRICS].read_from(lambda: snapshot(app))
-    refresh_token = read_refresh_token(settings)
+    refresh_token = read_refresh_token(settings.ucloud)
 
     async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BACKEND] = backend or await open_backend(settings.slurm)
@@ -240,23 +239,3 @@ async def background(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def read_refresh_token(settings: Settings) -> str:
-    """The provider's refresh token; refused if other users could read it (it is the provider's password)."""
-    path = settings.ucloud.refresh_token_file
-    try:
-        if path.stat().st_mode & (stat.S_IROTH | stat.S_IWOTH):
-            raise ConfigurationProblem(
-                f"[ucloud] refresh_token_file: {path} is readable by other users; run: chmod o-rwx {path}"
-            )
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigurationProblem(f"[ucloud] refresh_token_file: {path}: cannot be read: {exc.strerror}") from None
-    if not token:
-        raise ConfigurationProblem(f"[ucloud] refresh_token_file: {path} is empty")
-    return token
-
-
-class ConfigurationProblem(Exception):
-    """A file the configuration points at cannot be used; the message names the key and the file."""

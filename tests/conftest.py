@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from provider.config import Settings, settings_from_dict
 from provider.slurm.commands import CommandBackend
+from provider.slurm.types import FINISHED_BASE_STATES
 from provider.store import Store
 from provider.sync import Synchronizer
 from provider.ucloud.models import JobState
@@ -31,7 +32,6 @@ from provider.web import make_app
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_SLURM = REPO / "deploy" / "local-slurm"
 PROVIDER_ID = "slurm"
-FINAL_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
 # -- the local Slurm cluster ------------------------------------------------------------------------
@@ -75,7 +75,7 @@ class LocalSlurm:
             out = [row.split()[0] for row in rows if row.strip()]
         if not out:
             return ""
-        return next((state for state in out if state not in FINAL_SLURM_STATES), out[0])
+        return next((state for state in out if state not in FINISHED_BASE_STATES), out[0])
 
     def wait_state(self, slurm_id: str, states: set[str], timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -233,7 +233,7 @@ class Harness:
 
     async def settled(self, timeout: float = 60) -> None:
         """Wait until no pass is pending and the outbox is empty (or cannot drain)."""
-        await wait_for(lambda: self.sync._next is None and not self.sync._wake.is_set(), timeout)
+        await wait_for(lambda: self.sync.idle, timeout)
         await wait_for(lambda: self.store.outbox_stats().depth == 0, timeout)
 
     async def updates_for(self, ucloud_id: str, count: int = 1, timeout: float = 60) -> list[dict[str, Any]]:

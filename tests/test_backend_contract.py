@@ -13,17 +13,18 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-
 from conftest import HarnessFactory, LocalSlurm, new_ucloud_id
+
 from provider.slurm.backend import SlurmBackend
 from provider.slurm.commands import CommandBackend
 from provider.slurm.pyslurm_backend import PyslurmBackend, WorkerUnavailable
 from provider.slurm.select import major_minor
+from provider.slurm.types import FINISHED_BASE_STATES
 from provider.ucloud.models import JobState
 
 pytestmark = pytest.mark.slurm
 
-FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
+FINISHED = FINISHED_BASE_STATES
 
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,15 @@ def start_daemon(tmp_path: Path, keys: DevCoreKeys) -> Iterator:  # type: ignore
             daemon.process.wait()
 
 
+async def verify(daemon: Daemon, keys: DevCoreKeys, ucloud_ids: list[str]) -> int:
+    """Core's verify of these jobs, sent to the daemon process; the HTTP status."""
+    async with aiohttp.ClientSession() as session:
+        status, _ = await call_provider(
+            session, daemon.url, f"/ucloud/{PROVIDER_ID}/jobs/verify", keys, {"items": [job_body(i) for i in ucloud_ids]}
+        )
+    return status
+
+
 async def ready(daemon: Daemon, timeout: float = 30) -> None:
     await wait_for(lambda: daemon.notify.seen("READY=1") or daemon.process.poll() is not None, timeout)
     assert daemon.process.poll() is None, daemon.output()
@@ -169,11 +178,7 @@ async def test_sigterm_during_a_verify_loses_no_update(
     daemon: Daemon = start_daemon(url)
     await ready(daemon)
     ids = [str(700000 + n) for n in range(150)]
-    async with aiohttp.ClientSession() as session:
-        status, _ = await call_provider(
-            session, daemon.url, f"/ucloud/{PROVIDER_ID}/jobs/verify", keys, {"items": [job_body(i) for i in ids]}
-        )
-    assert status == 200
+    assert await verify(daemon, keys, ids) == 200
     code = await asyncio.to_thread(daemon.stop)  # at once: the pass and the sending may not have run yet
     assert code == 0
     delivered = [u["id"] for u in devcore.updates]
@@ -225,8 +230,7 @@ async def test_tokens_never_reach_the_log(
     devcore, url = core
     daemon: Daemon = start_daemon(url)
     await ready(daemon)
-    async with aiohttp.ClientSession() as session:
-        await call_provider(session, daemon.url, f"/ucloud/{PROVIDER_ID}/jobs/verify", keys, {"items": [job_body("5")]})
+    assert await verify(daemon, keys, ["5"]) == 200
     await wait_for(lambda: len(devcore.updates) == 1, 30)
     daemon.stop()
     output = daemon.output()

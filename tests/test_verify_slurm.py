@@ -6,13 +6,14 @@ import asyncio
 import time
 
 import pytest
-
 from conftest import HarnessFactory, LocalSlurm, job_body, new_ucloud_id, wait_for
+
+from provider.slurm.types import FINISHED_BASE_STATES
 from provider.ucloud.models import NO_LONGER_AVAILABLE, JobState
 
 pytestmark = pytest.mark.slurm
 
-FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
+FINISHED = FINISHED_BASE_STATES
 
 
 @pytest.mark.slow

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 from provider.slurm.types import QueryResult
 
@@ -30,3 +31,29 @@ class SlurmBackend(Protocol):
     async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
         """The accounting records (slurmdbd) of the given ids, from any point in time."""
         ...
+
+
+T = TypeVar("T")
+
+
+class QueryBook:
+    """What every backend records about its queries, for /metrics and /readyz: one place, one rule.
+
+    A query's outcome is its result, or a string saying why it failed.
+    """
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.last_error: dict[str, str] = {}  # command -> why its latest run failed ("" = it worked)
+        self.observer: Callable[[str, float], None] = lambda command, seconds: None
+
+    async def counted(self, command: str, run: Callable[[], Awaitable[T | str]]) -> T | str:
+        self.calls[command] += 1
+        started = time.monotonic()
+        outcome = await run()
+        self.observer(command, time.monotonic() - started)
+        if isinstance(outcome, str):
+            self.failures[command] += 1
+        self.last_error[command] = outcome if isinstance(outcome, str) else ""
+        return outcome

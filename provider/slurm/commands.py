@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 
 import structlog
 
+from provider.slurm.backend import QueryBook
 from provider.slurm.parse import SACCT_FIELDS, SQUEUE_FIELDS, UNIT_SEPARATOR, ParseError, parse_sacct, parse_squeue
 from provider.slurm.process import CommandTimeout, run_command, slurm_environment
 from provider.slurm.types import QueryResult, SlurmJob, is_valid_slurm_id
@@ -38,7 +37,7 @@ def sacct_argv(slurm_ids: Sequence[str], sacct: str = "sacct") -> list[str]:
     ]
 
 
-class CommandBackend:
+class CommandBackend(QueryBook):
     """Queries Slurm through its command-line tools under a timeout.
 
     A non-zero exit, an ``error`` on stderr, a timeout or output that does not parse all give
@@ -48,27 +47,17 @@ class CommandBackend:
     name = "cli"
 
     def __init__(self, *, slurm_conf: str | None = None, timeout: float = 30.0, bin_dir: str = "") -> None:
+        super().__init__()
         self._env = slurm_environment(slurm_conf)
         self._timeout = timeout
         self._bin = bin_dir.rstrip("/") + "/" if bin_dir else ""
-        self.calls: Counter[str] = Counter()
-        self.failures: Counter[str] = Counter()
-        self.last_error: dict[str, str] = {}  # command -> why its latest run failed ("" = it worked)
-        self.observer: Callable[[str, float], None] = lambda command, seconds: None
         self.accounting_disabled = False
 
     async def _query(
         self, command: str, argv: list[str], parse: Callable[[str], list[SlurmJob]]
     ) -> list[SlurmJob] | str:
         """The jobs the command listed, or a sentence saying why its answer means nothing."""
-        self.calls[command] += 1
-        started = time.monotonic()
-        outcome = await self._run_and_parse(command, argv, parse)
-        self.observer(command, time.monotonic() - started)
-        if isinstance(outcome, str):
-            self.failures[command] += 1
-        self.last_error[command] = outcome if isinstance(outcome, str) else ""
-        return outcome
+        return await self.counted(command, lambda: self._run_and_parse(command, argv, parse))
 
     async def _run_and_parse(
         self, command: str, argv: list[str], parse: Callable[[str], list[SlurmJob]]

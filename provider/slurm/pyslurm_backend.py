@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from provider.slurm.backend import QueryBook
 from provider.slurm.process import slurm_environment
 from provider.slurm.types import ExitStatus, QueryResult, SlurmJob, is_valid_slurm_id, parse_state
 
@@ -50,20 +49,17 @@ def job_from_worker(data: dict[str, Any]) -> SlurmJob:
     )
 
 
-class PyslurmBackend:
+class PyslurmBackend(QueryBook):
     name = "pyslurm"
 
     def __init__(self, *, python: str = "", slurm_conf: str | None = None, timeout: float = 30.0) -> None:
+        super().__init__()
         self._python = python or sys.executable
         self._env = slurm_environment(slurm_conf)
         self._timeout = timeout
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self.calls: Counter[str] = Counter()
-        self.failures: Counter[str] = Counter()
-        self.last_error: dict[str, str] = {}
-        self.observer: Callable[[str, float], None] = lambda command, seconds: None
         self.restarts = 0
 
     # -- the worker process ------------------------------------------------------------------------
@@ -143,21 +139,19 @@ class PyslurmBackend:
         return answer
 
     async def _call(self, command: str, request: dict[str, Any]) -> dict[str, Any] | str:
-        self.calls[command] += 1
-        started = time.monotonic()
+        answer = await self.counted(command, lambda: self._ask(request))
+        if isinstance(answer, str):
+            log.warning("slurm.query_failed", command=command, error=answer)
+        return answer
+
+    async def _ask(self, request: dict[str, Any]) -> dict[str, Any] | str:
         async with self._lock:
             try:
                 if self._proc is None or self._proc.returncode is not None:
                     await self._spawn()
-                answer = await self._exchange(request, self._timeout)
+                return await self._exchange(request, self._timeout)
             except WorkerUnavailable as exc:
-                answer = str(exc)
-        self.observer(command, time.monotonic() - started)
-        if isinstance(answer, str):
-            self.failures[command] += 1
-            log.warning("slurm.query_failed", command=command, error=answer)
-        self.last_error[command] = answer if isinstance(answer, str) else ""
-        return answer
+                return str(exc)
 
     # -- the SlurmBackend interface ----------------------------------------------------------------
 

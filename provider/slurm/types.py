@@ -54,6 +54,11 @@ BASE_STATES = frozenset(
     }
 )
 
+# Base states a job never leaves (unless requeued): its accounting record is its last word.
+FINISHED_BASE_STATES = frozenset(
+    {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"}
+)
+
 
 @dataclass(frozen=True)
 class SlurmState:
