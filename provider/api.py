@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any
 
 import structlog
@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from provider.appkeys import JOBS, SYNC
+from provider.edge import LIMITS, Refused, parse_json_body
 from provider.sync import Belief
 from provider.ucloud.models import BulkRequest, ErrorBody, ExtendRequest, Job
 
@@ -31,11 +32,7 @@ def error_response(status: int, why: str) -> web.Response:
 
 async def read_bulk(request: web.Request, model: type[Any]) -> Any:
     """Parse ``{"items": [...]}`` from the raw body; Core's Go client sends no Content-Type."""
-    raw = await request.read()
-    try:
-        data = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"Invalid request supplied: the body is not JSON ({exc})") from None
+    data = await read_json(request)
     if not isinstance(data, dict) or "items" not in data:
         raise ApiError(400, 'Invalid request supplied: expected an object {"items": [...]}')
     try:
@@ -44,12 +41,38 @@ async def read_bulk(request: web.Request, model: type[Any]) -> Any:
         raise ApiError(400, f"Invalid request supplied: {describe_validation(exc)}") from None
 
 
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON within the request limits (provider/edge.py), or a 4xx naming the limit; ``None``
+    for an empty body. Bodies are read only here, after the token was checked, and only once."""
+    limits = request.app[LIMITS]
+    too_large = f"Invalid request supplied: the body is larger than [server] max_body_bytes ({limits.max_body_bytes} bytes)"
+    if (request.content_length or 0) > limits.max_body_bytes:  # refused unread (a gzip body is measured unpacked)
+        raise ApiError(400, too_large)
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, f"The body did not arrive within [server] body_timeout ({limits.body_timeout:g} s)") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(400, too_large) from None
+    except web.RequestPayloadError as exc:  # a broken gzip or chunked encoding, a body cut short
+        reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise ApiError(400, f"Invalid request supplied: the body could not be read ({reason})") from None
+    if not raw:
+        return None
+    try:
+        return parse_json_body(raw, limits)
+    except Refused as exc:
+        raise ApiError(400, f"Invalid request supplied: {exc}") from None
+
+
 def describe_validation(exc: ValidationError, limit: int = 3) -> str:
+    errors = exc.errors(include_url=False, include_input=False)  # once: a bulk of bad items makes a long list
     parts = []
-    for err in exc.errors()[:limit]:
+    for err in errors[:limit]:
         where = ".".join(str(p) for p in err["loc"]) or "body"
         parts.append(f"{where}: {err['msg']}")
-    more = len(exc.errors()) - limit
+    more = len(errors) - limit
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 

@@ -31,6 +31,17 @@ class ProviderSection(_Section):
 class ServerSection(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8889, ge=1, le=65535)
+    # Request limits (provider/edge.py): sized so Core's largest bulk (1,000 full jobs, ~30 MB) passes.
+    max_body_bytes: Annotated[int, Field(ge=64 * 1024)] = 64 * 1024 * 1024
+    max_depth: Annotated[int, Field(ge=16, le=512)] = 32
+    max_items: Annotated[int, Field(ge=1000)] = 10_000
+    max_values: Annotated[int, Field(ge=10_000)] = 4_000_000
+    max_string_bytes: Annotated[int, Field(ge=4096)] = 64 * 1024
+    # Connections (provider/guard.py): every one is cut off when it stalls, and there are at most so many.
+    idle_timeout: PositiveSeconds = 120.0  # a keep-alive connection with no request; above Go's 90 s idle
+    header_timeout: PositiveSeconds = 10.0  # from a request's first byte to the end of its headers
+    body_timeout: PositiveSeconds = 30.0  # to read a whole body (Core itself gives up after 5 s)
+    max_connections: Annotated[int, Field(ge=8)] = 256
 
 
 class UCloudSection(_Section):

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from provider.appkeys import BACKEND, JOBS, STORE, TASKS
 from provider.config import ConfigError, Settings, load_settings
+from provider.guard import ConnectionGuard, guarded_site
 from provider.logs import configure_logging
 from provider.systemd import notify, watchdog_interval
 from provider.web import make_app
@@ -27,11 +29,23 @@ log = structlog.get_logger(__name__)
 RELOADABLE = ("logging", "products", "applications", "jobs")
 
 
+# Seconds an unread body is still read (and dropped) after the answer, so the client sees the answer
+# rather than a reset; a slow body sent to a route that never reads it is cut off after this.
+LINGER_SECONDS = 5.0
+
+
 async def serve(settings: Settings, config_path: Path | None, *, shutdown_timeout: float = 20.0) -> None:
     app = make_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    server = settings.server
+    handler_options: dict[str, Any] = {
+        "access_log": None,
+        "keepalive_timeout": server.idle_timeout,
+        "lingering_time": LINGER_SECONDS,
+    }
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout, **handler_options)
     await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    guard = ConnectionGuard(max_connections=server.max_connections, header_timeout=server.header_timeout)
+    site = guarded_site(runner, server.host, server.port, guard, handler_options)
     await site.start()
     status = await startup_check(app)
     notify("READY=1", f"STATUS={status}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +21,7 @@ from aiohttp import web
 from provider.api import ApiError, add_routes, error_response
 from provider.appkeys import BACKEND, CLAIMS, CORE, JOBS, METRICS, SENDER, SETTINGS, STORE, SYNC, TASKS, VERIFIER
 from provider.config import Settings, read_refresh_token
+from provider.edge import LIMITS, Refused, RequestLimits, check_username_header
 from provider.jobs import JobService, SlurmUnavailable
 from provider.metrics import Metrics, Snapshot
 from provider.monitor import OutboxSender, monitor_loop
@@ -39,10 +41,18 @@ log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
 @web.middleware
 async def errors_and_request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as UCloud's error body; every request gets an id in the logs."""
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    """Every error leaves as UCloud's error body; every request gets an id in the logs.
+
+    A caller's ``X-Request-Id`` is kept only if it is short and plain: it is echoed in a header and logged.
+    A 500 means a bug in the provider; nothing a client sends may cause one (provider/edge.py).
+    """
+    offered = request.headers.get("X-Request-Id", "")
+    request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex[:16]
     started = time.monotonic()
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         try:
@@ -55,6 +65,9 @@ async def errors_and_request_ids(request: web.Request, handler: Handler) -> web.
             if exc.status < 400:
                 raise
             response = error_response(exc.status, exc.reason)
+        except ConnectionError as exc:  # the client went away mid-request: nobody to answer, nothing broken
+            log.info("http.client_gone", path=request.path, error=repr(exc))
+            response = error_response(400, "The connection closed before the request was complete")
         except Exception:
             log.exception("http.unhandled_error", path=request.path)
             response = error_response(500, "Internal error in the provider")
@@ -70,6 +83,17 @@ async def errors_and_request_ids(request: web.Request, handler: Handler) -> web.
         request.app[METRICS].requests.labels(request.method, name, str(response.status)).inc()
         response.headers["X-Request-Id"] = request_id
         return response
+
+
+@web.middleware
+async def request_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Headers a job can inherit are checked before any handler reads them (bodies: ``api.read_json``)."""
+    if request.path.startswith("/ucloud/"):
+        try:
+            check_username_header(request.headers, request.app[LIMITS])
+        except Refused as exc:
+            raise ApiError(400, f"Invalid request supplied: {exc}") from None
+    return await handler(request)
 
 
 @web.middleware
@@ -147,8 +171,12 @@ def make_app(
     clock: Callable[[], int] = now_ms,
 ) -> web.Application:
     """Build the daemon. ``backend`` replaces the configured Slurm backend (tests count its calls)."""
-    app = web.Application(middlewares=[errors_and_request_ids, ucloud_auth], client_max_size=64 * 1024 * 1024)
+    app = web.Application(
+        middlewares=[errors_and_request_ids, ucloud_auth, request_limits],
+        client_max_size=settings.server.max_body_bytes,
+    )
     app[SETTINGS] = settings
+    app[LIMITS] = RequestLimits.from_settings(settings.server)
     app[VERIFIER] = TokenVerifier(load_public_key(settings.ucloud.public_key_file))
     app[METRICS] = Metrics()
     app[TASKS] = []

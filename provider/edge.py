@@ -1,0 +1,209 @@
+"""Request limits at the HTTP edge: a body or header is sized, scanned and checked before any model sees it.
+
+Whatever a request makes the daemon hold is bounded here, and no character that a Slurm argument, a file
+name or an environment variable cannot carry (NUL, a lone UTF-16 surrogate) gets past it. A body passes
+three cheap steps, each once, before pydantic validates a single item:
+
+1. ``scan_raw`` on the bytes, before ``json.loads``: size, nesting depth and number of values, counted on
+   the raw bytes at C speed, so a 200,000-deep array is never parsed (``json.loads`` recurses) and a body
+   of ``[{},{},...]`` (25 times its size as Python objects) is refused while it is still bytes. Brackets
+   and commas inside strings only make the first count high; the exact count, with string literals
+   blanked out, runs only for a body whose first count is over the limit.
+2. ``json.loads`` on strictly decoded UTF-8, with ``NaN``/``Infinity`` refused.
+3. ``check_tree``: one breadth-first walk of the result, for the entries of any one array or object,
+   the size of every string and key, integers outside int64 (Core's Go types) and non-finite numbers.
+   A 500,000-item ``{"items":[...]}`` is refused at its first node. NUL and lone surrogates can only
+   arrive as ``\\u`` escapes, so strings are searched for them only when the raw bytes hold such an escape.
+
+Each refusal is a ``Refused`` whose message names the ``[server]`` key that set the limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any, NoReturn
+
+from aiohttp import web
+
+from provider.config import ServerSection
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# A JSON string literal, escapes included; an unrolled loop, so a long string costs one C scan.
+_STRING_LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = [0] * 256
+for _byte in b"[{":
+    _BRACKET_STEP[_byte] = 1
+for _byte in b"]}":
+    _BRACKET_STEP[_byte] = -1
+# The only ways NUL or a surrogate get into a decoded string (strict UTF-8 refuses them as raw bytes).
+_RISKY_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+_BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+_A_KEY = "\x00(a key)"  # where a message places a refused key (compared by identity, never by value)
+
+
+class Refused(ValueError):
+    """A request the daemon will not handle; the message says which limit or rule it broke."""
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The bounds on one request: ``[server]`` in the configuration, where their defaults are explained."""
+
+    max_body_bytes: int
+    max_depth: int
+    max_items: int
+    max_values: int
+    max_string_bytes: int
+    body_timeout: float
+
+    @classmethod
+    def from_settings(cls, server: ServerSection) -> RequestLimits:
+        return cls(**{name: getattr(server, name) for name in cls.__dataclass_fields__})
+
+
+LIMITS = web.AppKey("request_limits", RequestLimits)
+
+
+def parse_json_body(raw: bytes, limits: RequestLimits) -> Any:
+    """The decoded body, or ``Refused`` naming the limit or rule it broke."""
+    scan_raw(raw, limits)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Refused(f"the body is not JSON (not UTF-8: {exc.reason} at byte {exc.start})") from None
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:  # not reachable past scan_raw's depth bound; kept as a last line of defence
+        raise Refused(f"the body is nested deeper than [server] max_depth ({limits.max_depth})") from None
+    except ValueError as exc:  # Refused is a ValueError too: a NaN keeps its own message
+        raise Refused(str(exc) if isinstance(exc, Refused) else f"the body is not JSON ({exc})") from None
+    check_tree(data, limits, search_characters=_RISKY_ESCAPE.search(raw) is not None)
+    return data
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise Refused(f"the body holds {name}, which is not a JSON number")
+
+
+def scan_raw(raw: bytes, limits: RequestLimits) -> None:
+    """Size, value count and depth from the bytes alone, so the parse that follows has bounded cost."""
+    if len(raw) > limits.max_body_bytes:
+        raise Refused(f"the body is larger than [server] max_body_bytes ({limits.max_body_bytes} bytes)")
+    structure = raw
+    if _value_count(structure) > limits.max_values:
+        structure = _STRING_LITERAL.sub(b'""', raw)
+        if _value_count(structure) > limits.max_values:
+            raise Refused(f"the body holds more than [server] max_values ({limits.max_values}) JSON values")
+    if _depth(structure) > limits.max_depth:
+        if structure is raw:
+            structure = _STRING_LITERAL.sub(b'""', raw)
+        if _depth(structure) > limits.max_depth:
+            raise Refused(f"the body is nested deeper than [server] max_depth ({limits.max_depth})")
+
+
+def _value_count(structure: bytes) -> int:
+    """Values in a JSON text: one, plus one per comma, plus the containers (an upper bound if strings remain)."""
+    return 1 + structure.count(b",") + structure.count(b"[") + structure.count(b"{")
+
+
+def _depth(structure: bytes) -> int:
+    brackets = structure.translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
+
+
+def check_tree(data: Any, limits: RequestLimits, *, search_characters: bool = True) -> None:
+    """One breadth-first walk: container sizes, depth, strings, numbers. A level at a time, so depth
+    costs no stack and no per-node bookkeeping."""
+    if not isinstance(data, (dict, list)):
+        _check_value(data, "", [], limits, search_characters)
+    level: list[Any] = [data]
+    depth = 0
+    while level:
+        depth += 1
+        below: list[Any] = []
+        for node in level:
+            if isinstance(node, dict):
+                _check_size(len(node), depth, limits)
+                for key, value in node.items():
+                    if search_characters or len(key) * 4 > limits.max_string_bytes:
+                        _check_string(key, _A_KEY, limits, search_characters)
+                    _check_value(value, key, below, limits, search_characters)
+            elif isinstance(node, list):
+                _check_size(len(node), depth, limits)
+                for value in node:
+                    _check_value(value, "", below, limits, search_characters)
+        level = below
+
+
+def _check_value(value: Any, key: str, below: list[Any], limits: RequestLimits, search_characters: bool) -> None:
+    kind = type(value)
+    if kind is str:
+        if search_characters or len(value) * 4 > limits.max_string_bytes:  # the common case costs one compare
+            _check_string(value, key, limits, search_characters)
+    elif kind is dict or kind is list:
+        below.append(value)
+    elif kind is int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise Refused(f"the number in {_field(key)} does not fit in 64 bits")
+    elif kind is float and value - value != 0:  # inf - inf is nan; NaN itself never parses
+        raise Refused(f"the number in {_field(key)} is not finite")
+
+
+def _check_string(text: str, key: str, limits: RequestLimits, search_characters: bool) -> None:
+    problem = _text_problem(text, limits, search_characters)
+    if problem:
+        raise Refused(f"the text in {_field(key)} {problem}")
+
+
+def _field(key: str) -> str:
+    """How a message names where a value sits: its key, cut short and escaped (a key may itself be hostile)."""
+    if key is _A_KEY:
+        return "a key"
+    if not key:
+        return "a list entry"
+    shown = key if len(key) <= 40 and key.isprintable() else repr(key[:40])
+    return f"the field {shown}"
+
+
+def _check_size(length: int, depth: int, limits: RequestLimits) -> None:
+    if depth > limits.max_depth:
+        raise Refused(f"the body is nested deeper than [server] max_depth ({limits.max_depth})")
+    if length > limits.max_items:
+        raise Refused(f"an array or object has {length} entries, more than [server] max_items ({limits.max_items})")
+
+
+def check_text(text: str, where: str, limits: RequestLimits) -> None:
+    """A string that Slurm, a file name and a log line can all carry: bounded, no NUL, no lone surrogate."""
+    problem = _text_problem(text, limits, search_characters=True)
+    if problem:
+        raise Refused(f"the text in {where} {problem}")
+
+
+def _text_problem(text: str, limits: RequestLimits, search_characters: bool) -> str | None:
+    if len(text) * 4 > limits.max_string_bytes and len(text.encode("utf-8", "surrogatepass")) > limits.max_string_bytes:
+        return f"is longer than [server] max_string_bytes ({limits.max_string_bytes} bytes)"
+    if search_characters and (match := _BAD_CHARACTER.search(text)):
+        return "contains a NUL character" if match.group() == "\x00" else "contains a lone UTF-16 surrogate (not valid Unicode)"
+    return None
+
+
+def check_username_header(headers: Mapping[str, str], limits: RequestLimits) -> None:
+    """``ucloud-username`` (base64 of the UCloud user) must decode to printable text a Slurm call can carry."""
+    value = headers.get("ucloud-username")
+    if not value:
+        return
+    try:
+        text = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise Refused("the ucloud-username header is not valid base64 of UTF-8 text") from None
+    check_text(text, "the ucloud-username header", limits)
+    if not text.isprintable():
+        raise Refused("the ucloud-username header contains a control character")
