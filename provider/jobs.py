@@ -243,7 +243,7 @@ class JobService:
         for user, group in by_user.items():
             try:
                 await self._control.cancel([j.slurm_id for j in group], user=user)
-            except (SlurmCommandFailed, CommandTimeout) as exc:
+            except (SlurmCommandFailed, CommandTimeout, OSError) as exc:
                 raise SlurmUnavailable(f"Slurm did not cancel the job: {exc}") from None
             log.info("job.cancelled", ucloud_ids=[j.ucloud_id for j in group], slurm_ids=[j.slurm_id for j in group])
         self._sync.request_later({job.ucloud_id: Belief() for job in active}, AFTER_CANCEL_DELAY)
@@ -283,7 +283,7 @@ class JobService:
                 await self._control.set_time_limit(job.slurm_id, format_time(total))
             except SlurmCommandFailed as exc:
                 raise RequestRefused(f"Slurm refused the extension: {' '.join(exc.result.stderr.split())}") from None
-            except CommandTimeout:
+            except (CommandTimeout, OSError):
                 raise SlurmUnavailable("The cluster's scheduler did not answer in time; try again") from None
             now = self._clock()
             update = JobUpdate(
