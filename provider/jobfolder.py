@@ -89,6 +89,11 @@ def prepare_folder(plan: Submission, env: Mapping[str, str]) -> tuple[Path, Path
         env_file.chmod(0o640)
         if plan.unix_user is not None:
             _hand_over(plan.unix_user, plan.folder, script, env_file)
+    except OSError as exc:  # the jobs directory is full, read-only or not ours
+        log.error("job.folder_failed", folder=str(plan.folder), error=str(exc))
+        if created:
+            remove_folder(plan.folder)
+        raise RequestRefused("The provider cannot prepare your job's folder right now; please try again later") from None
     except BaseException:
         if created:
             remove_folder(plan.folder)

@@ -15,6 +15,7 @@ import asyncio
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import structlog
 
@@ -39,6 +40,8 @@ from provider.ucloud.models import ExtendRequest, Job, JobUpdate
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
+
 # Give Slurm a moment to act on scancel before the pass that reports the final state.
 AFTER_CANCEL_DELAY = 2.0
 # A new job usually starts within seconds: one early pass tells Core RUNNING without waiting for the monitor.
@@ -47,6 +50,7 @@ AFTER_SUBMIT_DELAY = 3.0
 UNDO_TIMEOUT = 5.0
 
 STORE_FAILED = "The provider cannot record new jobs right now (its database cannot be written); please try again later"
+STORE_UNUSABLE = "The provider's database is not usable right now; please try again later"
 
 
 class SlurmUnavailable(Exception):
@@ -206,7 +210,11 @@ class JobService:
     async def _undo(self, ucloud_id: str) -> None:
         """Cancel a job of a create that is refused as a whole. Its intent comes back first, so if this
         scancel fails the sweeper still cancels the job once it is no longer tracked."""
-        job = (await asyncio.to_thread(self._store.get, [ucloud_id])).get(ucloud_id)
+        try:
+            job = (await asyncio.to_thread(self._store.get, [ucloud_id])).get(ucloud_id)
+        except sqlite3.Error as exc:
+            log.error("job.undo_failed", ucloud_id=ucloud_id, error=str(exc))
+            return
         if job is None:
             return
         try:
@@ -218,7 +226,10 @@ class JobService:
             await self._control.cancel([job.slurm_id], user=job.unix_user, name=job.expected_name)
         except (SlurmCommandFailed, CommandTimeout, OSError) as exc:
             log.error("job.undo_failed", ucloud_id=ucloud_id, error=str(exc))
-        await asyncio.to_thread(self._store.untrack, ucloud_id)
+        try:
+            await asyncio.to_thread(self._store.untrack, ucloud_id)
+        except sqlite3.Error as exc:  # still tracked: the monitor reports it, and Core refuses it (404)
+            log.error("job.undo_failed", ucloud_id=ucloud_id, error=str(exc))
 
     # -- terminate ---------------------------------------------------------------------------------
 
@@ -227,7 +238,7 @@ class JobService:
 
         Jobs that are unknown, already final or already gone from Slurm need nothing: that is a success.
         """
-        tracked = await asyncio.to_thread(self._store.get, [job.id for job in jobs])
+        tracked = await self._stored(self._store.get, [job.id for job in jobs])
         active = [t for t in tracked.values() if not t.state.is_final]
         if not active:
             return
@@ -252,7 +263,7 @@ class JobService:
 
     async def extend(self, items: Sequence[ExtendRequest]) -> None:
         """Raise each job's Slurm time limit to its new total, then tell Core the new allocation."""
-        tracked = await asyncio.to_thread(self._store.get, [item.job.id for item in items])
+        tracked = await self._stored(self._store.get, [item.job.id for item in items])
         plans: list[tuple[TrackedJob, int]] = []
         for item in items:
             job = tracked.get(item.job.id)
@@ -291,9 +302,20 @@ class JobService:
                 status=f"Your job's time allocation was extended to {format_time(total)}",
                 timestamp=now,
             )
-            await asyncio.to_thread(self._store.enqueue, job.ucloud_id, update, now)
+            # Slurm has the new limit; if Core cannot be told, the user's retry asks for the same total.
+            await self._stored(self._store.enqueue, job.ucloud_id, update, now)
             log.info("job.extended", ucloud_id=job.ucloud_id, slurm_id=job.slurm_id, seconds=total)
         self._on_queued()
+
+
+    @staticmethod
+    async def _stored(call: Callable[..., T], *args: object) -> T:
+        """A store call for terminate and extend: a database error is a refusal the user can retry."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except sqlite3.Error as exc:
+            log.error("store.failed", error=str(exc))
+            raise RequestRefused(STORE_UNUSABLE) from None
 
 
 def still_ours(job: TrackedJob, live: QueryResult) -> bool:
