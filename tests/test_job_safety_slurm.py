@@ -67,37 +67,45 @@ def frozen_ctld(slurm: LocalSlurm) -> Iterator[Any]:
         slurm.ctl("slurmctld", "thaw")
 
 
-async def test_a_create_while_slurmctld_is_frozen_leaves_no_orphan(
+async def test_creates_while_slurmctld_is_frozen_leave_no_orphan(
     slurm: LocalSlurm, make_harness: HarnessFactory, app_script: Path, tmp_path: Path, frozen_ctld: Any
 ) -> None:
     sections = provider_sections(app_script, tmp_path, submit_timeout=2)
     h = await make_harness(sections=sections, interval=1, max_interval=2, missing_window=20, confirm_interval=1)
-    job = new_job(seconds=600)
+    jobs = [new_job(seconds=600) for _ in range(3)]
+    ids = [job["id"] for job in jobs]
     frozen_ctld.freeze()
     started = time.monotonic()
-    status, answer = await h.call("jobs", {"items": [job]})
+    answers = await asyncio.gather(*(h.call("jobs", {"items": [job]}) for job in jobs))
     answered = time.monotonic() - started
-    assert status == 400 and "did not answer in time" in answer["why"], answer
-    assert not (tmp_path / "jobs" / job["id"]).exists()  # a refused create leaves no folder
-    assert h.store.get([job["id"]]) == {} and [i.ucloud_id for i in h.store.intents()] == [job["id"]]
+    for status, answer in answers:
+        assert status == 400 and "did not answer in time" in answer["why"], answer
+    for ucloud_id in ids:
+        assert not (tmp_path / "jobs" / ucloud_id).exists()  # a refused create leaves no folder
+    assert h.store.get(ids) == {} and sorted(i.ucloud_id for i in h.store.intents()) == sorted(ids)
     await asyncio.sleep(3)
     thawed = frozen_ctld.thaw()
 
-    # slurmctld takes the sbatch still waiting in its backlog, and the sweeper cancels that job.
-    await wait_for(lambda: bool(slurm_jobs_named(slurm, job["id"])), 60, interval=0.2)
+    # slurmctld takes the sbatches still waiting in its backlog, and the sweeper cancels those jobs.
+    def held() -> dict[str, dict[str, str]]:
+        return {ucloud_id: slurm_jobs_named(slurm, ucloud_id) for ucloud_id in ids}
+
+    await wait_for(lambda: all(held().values()), 60, interval=0.2)
     appeared = time.monotonic() - thawed
-    await wait_for(lambda: h.client.app[SWEEPER].cancelled_total >= 1, 60, interval=0.1)
+    await wait_for(lambda: not any(alive(states) for states in held().values()), 60, interval=0.1)
     cancelled = time.monotonic() - thawed
-    await wait_for(lambda: not alive(slurm_jobs_named(slurm, job["id"])), 30, interval=0.2)
-    states = slurm_jobs_named(slurm, job["id"])
-    slurm.submitted.extend(states)
-    assert list(states.values()) == ["CANCELLED"], states
-    assert h.store.get([job["id"]]) == {}
+    found = held()
+    for states in found.values():
+        slurm.submitted.extend(states)
+        assert list(states.values()) == ["CANCELLED"], found
+    assert h.client.app[SWEEPER].cancelled_total == len(ids)
+    assert h.store.get(ids) == {}
     # Settled once Slurm has shown nothing to cancel over the window; nothing tracked, nothing left.
     await wait_for(lambda: h.store.intents() == [], 60, interval=0.5)
     print(
-        f"\nfrozen slurmctld: create answered 400 in {answered:.1f} s; after the thaw the job appeared in "
-        f"{appeared:.1f} s and was cancelled {cancelled:.1f} s after the thaw; orphans left: 0"
+        f"\nfrozen slurmctld: {len(ids)} creates answered 400 within {answered:.1f} s; after the thaw Slurm made "
+        f"{sum(len(s) for s in found.values())} jobs (within {appeared:.1f} s), all cancelled "
+        f"{cancelled:.1f} s after the thaw; orphans left: 0"
     )
 
 
