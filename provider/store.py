@@ -176,9 +176,12 @@ class Store:
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM jobs WHERE ucloud_id = ?", (ucloud_id,)).fetchone():
                 raise StoreError(f"UCloud job {ucloud_id} is already tracked")
+            # One Slurm job, one UCloud job. A row whose expected name differs is another Slurm job that
+            # once had this id (a wiped slurmctld starts again at 1): the reconciler is retiring it.
             other = db.execute(
-                "SELECT ucloud_id FROM jobs WHERE slurm_id = ? AND cluster = ? AND state NOT IN (?, ?, ?)",
-                (slurm_id, cluster, *_FINAL),
+                "SELECT ucloud_id FROM jobs WHERE slurm_id = ? AND cluster = ? AND state NOT IN (?, ?, ?)"
+                " AND (expected_name IS NULL OR ? IS NULL OR expected_name = ?)",
+                (slurm_id, cluster, *_FINAL, expected_name, expected_name),
             ).fetchone()
             if other:
                 raise StoreError(f"Slurm job {slurm_id} is already tracked for UCloud job {other['ucloud_id']}")

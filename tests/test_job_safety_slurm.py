@@ -398,3 +398,28 @@ async def test_the_daemon_killed_between_sbatch_and_commit_leaves_no_orphan(
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(60)
+
+
+async def test_a_create_given_the_id_of_an_old_tracked_job_is_accepted(
+    slurm: LocalSlurm, make_harness: HarnessFactory, app_script: Path, tmp_path: Path
+) -> None:
+    """A wiped slurmctld starts again at 1: a new job may get the id of a job still tracked as active.
+    They are two jobs (the names differ): the create succeeds and neither is cancelled."""
+    h = await make_harness(sections=provider_sections(app_script, tmp_path))
+    first = new_job(seconds=600)
+    status, answer = await h.call("jobs", {"items": [first]})
+    assert status == 200, answer
+    first_id = answer["responses"][0]["id"].split("/")[1]
+    slurm.submitted.append(first_id)
+    stale = new_ucloud_id()
+    h.track(stale, str(int(first_id) + 1))  # as if tracked before the wipe, under the id Slurm gives next
+    second = new_job(seconds=600)
+    status, answer = await h.call("jobs", {"items": [second]})
+    assert status == 200, answer
+    second_id = answer["responses"][0]["id"].split("/")[1]
+    slurm.submitted.append(second_id)
+    assert second_id == str(int(first_id) + 1)  # the collision really happened
+    await asyncio.sleep(2)
+    assert slurm.state(first_id) in ("PENDING", "RUNNING") and slurm.state(second_id) in ("PENDING", "RUNNING")
+    assert h.store.get([second["id"]])[second["id"]].slurm_id == second_id
+    slurm.run("scancel", first_id, second_id)
