@@ -13,6 +13,7 @@ from provider.metrics import Metrics
 from provider.monitor import OutboxSender
 from provider.slurm.backend import SlurmBackend
 from provider.store import Store
+from provider.sweeper import Sweeper
 from provider.sync import Synchronizer
 from provider.ucloud.auth import TokenVerifier
 from provider.ucloud.core import CoreClient
@@ -21,6 +22,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 BACKEND = web.AppKey("backend", SlurmBackend)
 SYNC = web.AppKey("sync", Synchronizer)
+SWEEPER = web.AppKey("sweeper", Sweeper)
 SENDER = web.AppKey("sender", OutboxSender)
 CORE = web.AppKey("core", CoreClient)
 VERIFIER = web.AppKey("verifier", TokenVerifier)

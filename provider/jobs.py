@@ -1,22 +1,26 @@
 """The job service: create, terminate and extend, the calls through which UCloud users change jobs.
 
-Each call answers Core quickly and leaves the job's later life to reconciliation: create stores the
-job map and its first updates in one transaction once sbatch has answered; terminate cancels and asks
-for a pass a moment later; the monitor reports the final state.
+Each call answers Core quickly and leaves the job's later life to reconciliation: create records its
+intent before sbatch runs and stores the job map and its first updates in one transaction once sbatch
+has answered; terminate cancels and asks for a pass a moment later; the monitor reports the final state.
+
+A create never leaves a Slurm job nobody tracks: whatever goes wrong after the intent is stored (sbatch
+timing out against a frozen slurmctld, a full disk at commit, the daemon killed in between), the intent
+stays, and ``provider.sweeper`` cancels the Slurm job named after it once Slurm answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
-import shutil
+import sqlite3
+from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
 from provider.config import Settings
+from provider.jobfolder import prepare_folder, remove_folder
 from provider.reconcile import TrackedJob
 from provider.slurm.backend import SlurmBackend
 from provider.slurm.control import SlurmCommandFailed, SlurmControl
@@ -25,7 +29,6 @@ from provider.slurm.types import QueryResult
 from provider.store import Store, StoreError
 from provider.submission import (
     RequestRefused,
-    Submission,
     acting_username,
     explain_sbatch_error,
     find_product,
@@ -37,10 +40,17 @@ from provider.ucloud.models import ExtendRequest, Job, JobUpdate
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
+
 # Give Slurm a moment to act on scancel before the pass that reports the final state.
 AFTER_CANCEL_DELAY = 2.0
 # A new job usually starts within seconds: one early pass tells Core RUNNING without waiting for the monitor.
 AFTER_SUBMIT_DELAY = 3.0
+# After a create failed to record its job, one quick scancel (the sweeper retries it until it works).
+UNDO_TIMEOUT = 5.0
+
+STORE_FAILED = "The provider cannot record new jobs right now (its database cannot be written); please try again later"
+STORE_UNUSABLE = "The provider's database is not usable right now; please try again later"
 
 
 class SlurmUnavailable(Exception):
@@ -57,6 +67,7 @@ class JobService:
         sync: Synchronizer,
         *,
         on_queued: Callable[[], None] = lambda: None,
+        on_unsettled: Callable[[], None] = lambda: None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.settings = settings
@@ -65,8 +76,15 @@ class JobService:
         self._control = control
         self._sync = sync
         self._on_queued = on_queued
+        self._on_unsettled = on_unsettled  # a create left an intent unsettled: the sweeper should look
         self._clock = clock
         self._creating: dict[str, asyncio.Lock] = {}
+        self._in_flight: Counter[str] = Counter()
+
+    @property
+    def in_flight(self) -> frozenset[str]:
+        """UCloud ids whose create is running now: the sweeper must not judge their Slurm jobs yet."""
+        return frozenset(self._in_flight)
 
     # -- create ------------------------------------------------------------------------------------
 
@@ -84,14 +102,22 @@ class JobService:
         return [provider_id for _, provider_id in created]
 
     async def _create_one(self, job: Job, username_header: str | None) -> str:
+        self._in_flight[job.id] += 1
         lock = self._creating.setdefault(job.id, asyncio.Lock())
-        async with lock:
-            try:
-                existing = (await asyncio.to_thread(self._store.get, [job.id])).get(job.id)
+        try:
+            async with lock:
+                try:
+                    existing = (await asyncio.to_thread(self._store.get, [job.id])).get(job.id)
+                except sqlite3.Error as exc:
+                    log.error("store.read_failed", ucloud_id=job.id, error=str(exc))
+                    raise RequestRefused(STORE_FAILED) from None
                 if existing is not None:  # Core retried a create that had reached us: same answer
                     return self._provider_generated_id(existing.slurm_id, existing.submitted_at)
                 return await self._submit(job, username_header)
-            finally:
+        finally:
+            self._in_flight[job.id] -= 1
+            if not self._in_flight[job.id]:
+                del self._in_flight[job.id]
                 self._creating.pop(job.id, None)
 
     async def _submit(self, job: Job, username_header: str | None) -> str:
@@ -104,21 +130,38 @@ class JobService:
             jobs=s.jobs,
             provider_id=s.provider.id,
             username=username,
-            sbatch=(s.slurm.bin_dir.rstrip("/") + "/sbatch") if s.slurm.bin_dir else "sbatch",
         )
-        script = await asyncio.to_thread(prepare_folder, plan)
+        script, env_file, created = await asyncio.to_thread(prepare_folder, plan, plan.environment)
         try:
-            slurm_id = await self._control.submit(
-                plan.argv, str(script), user=plan.unix_user, job_env=plan.environment, timeout=s.jobs.submit_timeout
-            )
+            args = [*plan.argv[1:], f"--export-file={env_file}"]  # argv[0] is sbatch: SlurmTools finds it
+            return await self._submit_prepared(job, args, plan.unix_user, str(script), str(plan.folder))
+        except BaseException:
+            if created:
+                await asyncio.to_thread(remove_folder, plan.folder)
+            raise
+
+    async def _submit_prepared(self, job: Job, args: Sequence[str], user: str | None, script: str, folder: str) -> str:
+        s = self.settings
+        try:  # before sbatch: from here on, a Slurm job named job.id is one the sweeper may settle
+            await asyncio.to_thread(self._store.record_intent, job.id, user, self._clock())
+        except sqlite3.Error as exc:
+            log.error("job.intent_not_recorded", ucloud_id=job.id, error=str(exc))
+            raise RequestRefused(STORE_FAILED) from None
+        try:
+            slurm_id = await self._control.submit(args, script, user=user, cwd=folder, timeout=s.jobs.submit_timeout)
         except SlurmCommandFailed as exc:
+            self._on_unsettled()  # sbatch can fail after slurmctld took the job (its own message timeout)
             log.warning("job.submit_refused", ucloud_id=job.id, error=exc.result.describe())
             raise RequestRefused(explain_sbatch_error(exc.result.stderr or exc.result.stdout)) from None
         except CommandTimeout:
-            # sbatch may have reached slurmctld without telling us; never leave a job Core will not know.
-            asyncio.ensure_future(self._control.cancel_by_name(job.id, user=plan.unix_user))
+            # sbatch may have reached slurmctld without telling us: the sweeper cancels what it made.
+            self._on_unsettled()
             log.error("job.submit_timeout", ucloud_id=job.id, timeout=s.jobs.submit_timeout)
             raise RequestRefused("The cluster's scheduler did not answer in time; please try again later") from None
+        except OSError as exc:
+            self._on_unsettled()
+            log.error("job.submit_not_started", ucloud_id=job.id, error=str(exc))
+            raise RequestRefused("The provider cannot run sbatch; the administrator must check [slurm] bin_dir") from None
         now = self._clock()
         update = JobUpdate(
             status=f"Your job has been submitted to the queue (Slurm ID: {slurm_id})",
@@ -134,16 +177,27 @@ class JobService:
                 expected_name=job.id,
                 submitted_at=now,
                 now=now,
-                unix_user=plan.unix_user,
+                unix_user=user,
                 updates=[update],
             )
-        except StoreError:
-            await self._control.cancel([slurm_id], user=plan.unix_user)
-            raise
+        except (StoreError, sqlite3.Error) as exc:
+            log.error("job.track_failed", ucloud_id=job.id, slurm_id=slurm_id, error=str(exc))
+            await self._cancel_untracked(job.id, slurm_id, user)
+            self._on_unsettled()
+            raise RequestRefused(STORE_FAILED if isinstance(exc, sqlite3.Error) else str(exc)) from None
         self._on_queued()
         self._sync.request_later({job.id: Belief()}, AFTER_SUBMIT_DELAY)
-        log.info("job.submitted", ucloud_id=job.id, slurm_id=slurm_id, user=plan.unix_user or "(service)")
+        log.info("job.submitted", ucloud_id=job.id, slurm_id=slurm_id, user=user or "(service)")
         return self._provider_generated_id(slurm_id, now)
+
+    async def _cancel_untracked(self, ucloud_id: str, slurm_id: str, user: str | None) -> None:
+        """A first try at cancelling a job sbatch made but the store did not take; the intent stays, so the
+        sweeper tries again (and confirms) if this one fails."""
+        try:
+            await self._control.cancel([slurm_id], user=user, name=ucloud_id, timeout=UNDO_TIMEOUT)
+            log.info("job.untracked_cancelled", ucloud_id=ucloud_id, slurm_id=slurm_id)
+        except (SlurmCommandFailed, CommandTimeout, OSError) as exc:
+            log.warning("job.untracked_cancel_failed", ucloud_id=ucloud_id, slurm_id=slurm_id, error=str(exc))
 
     def _provider_generated_id(self, slurm_id: str, submitted_at: int) -> str:
         """``<cluster>/<Slurm id>/<ms>`` (after UCloud's IM2): unique even after Slurm ids wrap."""
@@ -154,14 +208,28 @@ class JobService:
         return template.format(job_id=job.id, project=job.owner.project or "", username=job.owner.created_by) if template else ""
 
     async def _undo(self, ucloud_id: str) -> None:
-        job = (await asyncio.to_thread(self._store.get, [ucloud_id])).get(ucloud_id)
+        """Cancel a job of a create that is refused as a whole. Its intent comes back first, so if this
+        scancel fails the sweeper still cancels the job once it is no longer tracked."""
+        try:
+            job = (await asyncio.to_thread(self._store.get, [ucloud_id])).get(ucloud_id)
+        except sqlite3.Error as exc:
+            log.error("job.undo_failed", ucloud_id=ucloud_id, error=str(exc))
+            return
         if job is None:
             return
         try:
-            await self._control.cancel([job.slurm_id], user=job.unix_user)
-        except (SlurmCommandFailed, CommandTimeout) as exc:
+            await asyncio.to_thread(self._store.record_intent, ucloud_id, job.unix_user, self._clock())
+        except sqlite3.Error as exc:
+            log.error("job.intent_not_recorded", ucloud_id=ucloud_id, error=str(exc))
+        self._on_unsettled()
+        try:
+            await self._control.cancel([job.slurm_id], user=job.unix_user, name=job.expected_name)
+        except (SlurmCommandFailed, CommandTimeout, OSError) as exc:
             log.error("job.undo_failed", ucloud_id=ucloud_id, error=str(exc))
-        await asyncio.to_thread(self._store.untrack, ucloud_id)
+        try:
+            await asyncio.to_thread(self._store.untrack, ucloud_id)
+        except sqlite3.Error as exc:  # still tracked: the monitor reports it, and Core refuses it (404)
+            log.error("job.undo_failed", ucloud_id=ucloud_id, error=str(exc))
 
     # -- terminate ---------------------------------------------------------------------------------
 
@@ -170,7 +238,7 @@ class JobService:
 
         Jobs that are unknown, already final or already gone from Slurm need nothing: that is a success.
         """
-        tracked = await asyncio.to_thread(self._store.get, [job.id for job in jobs])
+        tracked = await self._stored(self._store.get, [job.id for job in jobs])
         active = [t for t in tracked.values() if not t.state.is_final]
         if not active:
             return
@@ -186,7 +254,7 @@ class JobService:
         for user, group in by_user.items():
             try:
                 await self._control.cancel([j.slurm_id for j in group], user=user)
-            except (SlurmCommandFailed, CommandTimeout) as exc:
+            except (SlurmCommandFailed, CommandTimeout, OSError) as exc:
                 raise SlurmUnavailable(f"Slurm did not cancel the job: {exc}") from None
             log.info("job.cancelled", ucloud_ids=[j.ucloud_id for j in group], slurm_ids=[j.slurm_id for j in group])
         self._sync.request_later({job.ucloud_id: Belief() for job in active}, AFTER_CANCEL_DELAY)
@@ -195,7 +263,7 @@ class JobService:
 
     async def extend(self, items: Sequence[ExtendRequest]) -> None:
         """Raise each job's Slurm time limit to its new total, then tell Core the new allocation."""
-        tracked = await asyncio.to_thread(self._store.get, [item.job.id for item in items])
+        tracked = await self._stored(self._store.get, [item.job.id for item in items])
         plans: list[tuple[TrackedJob, int]] = []
         for item in items:
             job = tracked.get(item.job.id)
@@ -226,7 +294,7 @@ class JobService:
                 await self._control.set_time_limit(job.slurm_id, format_time(total))
             except SlurmCommandFailed as exc:
                 raise RequestRefused(f"Slurm refused the extension: {' '.join(exc.result.stderr.split())}") from None
-            except CommandTimeout:
+            except (CommandTimeout, OSError):
                 raise SlurmUnavailable("The cluster's scheduler did not answer in time; try again") from None
             now = self._clock()
             update = JobUpdate(
@@ -234,32 +302,23 @@ class JobService:
                 status=f"Your job's time allocation was extended to {format_time(total)}",
                 timestamp=now,
             )
-            await asyncio.to_thread(self._store.enqueue, job.ucloud_id, update, now)
+            # Slurm has the new limit; if Core cannot be told, the user's retry asks for the same total.
+            await self._stored(self._store.enqueue, job.ucloud_id, update, now)
             log.info("job.extended", ucloud_id=job.ucloud_id, slurm_id=job.slurm_id, seconds=total)
         self._on_queued()
+
+
+    @staticmethod
+    async def _stored(call: Callable[..., T], *args: object) -> T:
+        """A store call for terminate and extend: a database error is a refusal the user can retry."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except sqlite3.Error as exc:
+            log.error("store.failed", error=str(exc))
+            raise RequestRefused(STORE_UNUSABLE) from None
 
 
 def still_ours(job: TrackedJob, live: QueryResult) -> bool:
     """Whether slurmctld still holds a job under this id that carries our name (ids wrap)."""
     found = live.jobs.get(job.slurm_id)
     return found is not None and (job.expected_name is None or found.name == job.expected_name)
-
-
-def prepare_folder(plan: Submission) -> Path:
-    """Create the job's folder and copy the admin's script into it, owned by whoever runs the job."""
-    plan.folder.mkdir(parents=True, exist_ok=True, mode=0o750)
-    script = plan.folder / "job.sh"
-    try:
-        shutil.copyfile(plan.script, script)
-    except OSError as exc:
-        log.error("job.script_unreadable", script=str(plan.script), error=str(exc))
-        raise RequestRefused("This application is misconfigured on the provider (its script cannot be read)") from None
-    script.chmod(0o750)
-    if plan.unix_user is not None:
-        try:
-            entry = pwd.getpwnam(plan.unix_user)
-        except KeyError:
-            raise RequestRefused(f"The cluster has no user {plan.unix_user!r} to run your job") from None
-        for path in (plan.folder, script):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-    return script

@@ -19,42 +19,76 @@ from typing import Any
 from provider.reconcile import Decision, TrackedJob
 from provider.ucloud.models import FINAL_STATES, JobState, JobUpdate
 
-SCHEMA_VERSION = 1
+# Each entry takes the store from version n to n + 1 (``PRAGMA user_version``), in one transaction.
+# Append only: a released migration never changes, so every older file reaches the same schema.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: the job map and the outbox
+        """CREATE TABLE IF NOT EXISTS jobs (
+            ucloud_id       TEXT PRIMARY KEY,
+            slurm_id        TEXT NOT NULL,
+            cluster         TEXT NOT NULL DEFAULT '',
+            expected_name   TEXT,
+            unix_user       TEXT,
+            submitted_at    INTEGER NOT NULL,
+            tracked_at      INTEGER NOT NULL,
+            state           TEXT NOT NULL,
+            status          TEXT,
+            slurm_state     TEXT,
+            miss_count      INTEGER NOT NULL DEFAULT 0,
+            first_missed_at INTEGER,
+            updated_at      INTEGER NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_slurm_id ON jobs (slurm_id, cluster)",
+        """CREATE TABLE IF NOT EXISTS outbox (
+            seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+            ucloud_id   TEXT NOT NULL,
+            body        TEXT NOT NULL,
+            created_at  INTEGER NOT NULL,
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            last_error  TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS outbox_by_job ON outbox (ucloud_id)",
+    ),
+    (  # 2: submit intents (written before sbatch, so no Slurm job can exist that the store never heard of)
+        """CREATE TABLE intents (
+            ucloud_id   TEXT PRIMARY KEY,
+            unix_user   TEXT,
+            first_at    INTEGER NOT NULL,
+            last_at     INTEGER NOT NULL,
+            attempts    INTEGER NOT NULL
+        )""",
+        "CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    ucloud_id       TEXT PRIMARY KEY,
-    slurm_id        TEXT NOT NULL,
-    cluster         TEXT NOT NULL DEFAULT '',
-    expected_name   TEXT,
-    unix_user       TEXT,
-    submitted_at    INTEGER NOT NULL,
-    tracked_at      INTEGER NOT NULL,
-    state           TEXT NOT NULL,
-    status          TEXT,
-    slurm_state     TEXT,
-    miss_count      INTEGER NOT NULL DEFAULT 0,
-    first_missed_at INTEGER,
-    updated_at      INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
-CREATE INDEX IF NOT EXISTS jobs_by_slurm_id ON jobs (slurm_id, cluster);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    ucloud_id   TEXT NOT NULL,
-    body        TEXT NOT NULL,
-    created_at  INTEGER NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT
-);
-CREATE INDEX IF NOT EXISTS outbox_by_job ON outbox (ucloud_id);
-"""
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 _FINAL = tuple(s.value for s in FINAL_STATES)
 
 
 class StoreError(Exception):
     """A request the store refuses (an id already tracked, a Slurm id in use); the message says which."""
+
+
+class StoreUnusable(StoreError):
+    """The store file cannot be used (not SQLite, damaged, another schema); the message names the file.
+
+    Raised before anything is written: the file is left exactly as it was found.
+    """
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A create that ran (or was about to run) sbatch and has not been settled: the Slurm job it may have
+    made is named ``ucloud_id``. Kept until the sweeper has seen no such job it must cancel."""
+
+    ucloud_id: str
+    unix_user: str | None
+    first_at: int
+    last_at: int  # ms; the latest attempt's start
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -77,24 +111,25 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self.write_error = ""  # why the latest write failed ("" = it worked); /readyz reports it
+        version = 0
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            version = inspect_file(Path(self.path))  # raises StoreUnusable before anything is written
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} was written by a newer ucloud-slurm-provider (schema {version} > {SCHEMA_VERSION})"
-            )
-        with self._transaction() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                with self._transaction() as db:
+                    for statement in MIGRATIONS[target - 1]:
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {target}")
+        except sqlite3.Error as exc:
+            raise StoreUnusable(f"{self.path}: cannot be opened for writing: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -102,14 +137,21 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. A failed COMMIT (a full disk) is rolled back too, so the connection
+        never stays inside a transaction that every later write would trip over."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                finally:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+            except sqlite3.OperationalError as exc:
+                self.write_error = str(exc)
                 raise
-            self._db.execute("COMMIT")
+            self.write_error = ""
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -134,9 +176,12 @@ class Store:
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM jobs WHERE ucloud_id = ?", (ucloud_id,)).fetchone():
                 raise StoreError(f"UCloud job {ucloud_id} is already tracked")
+            # One Slurm job, one UCloud job. A row whose expected name differs is another Slurm job that
+            # once had this id (a wiped slurmctld starts again at 1): the reconciler is retiring it.
             other = db.execute(
-                "SELECT ucloud_id FROM jobs WHERE slurm_id = ? AND cluster = ? AND state NOT IN (?, ?, ?)",
-                (slurm_id, cluster, *_FINAL),
+                "SELECT ucloud_id FROM jobs WHERE slurm_id = ? AND cluster = ? AND state NOT IN (?, ?, ?)"
+                " AND (expected_name IS NULL OR ? IS NULL OR expected_name = ?)",
+                (slurm_id, cluster, *_FINAL, expected_name, expected_name),
             ).fetchone()
             if other:
                 raise StoreError(f"Slurm job {slurm_id} is already tracked for UCloud job {other['ucloud_id']}")
@@ -147,6 +192,9 @@ class Store:
             )
             for update in updates:
                 self._enqueue(db, ucloud_id, update, now)
+            # A first attempt is settled by this commit. After earlier attempts that were refused, one of
+            # them may still have a Slurm job under this name: the sweeper keeps watching for it.
+            db.execute("DELETE FROM intents WHERE ucloud_id = ? AND attempts <= 1", (ucloud_id,))
         return TrackedJob(ucloud_id, slurm_id, cluster, expected_name, submitted_at, state, unix_user=unix_user)
 
     def untrack(self, ucloud_id: str) -> bool:
@@ -154,6 +202,35 @@ class Store:
         with self._transaction() as db:
             db.execute("DELETE FROM outbox WHERE ucloud_id = ?", (ucloud_id,))
             return db.execute("DELETE FROM jobs WHERE ucloud_id = ?", (ucloud_id,)).rowcount > 0
+
+    # -- submit intents ----------------------------------------------------------------------------
+
+    def record_intent(self, ucloud_id: str, unix_user: str | None, now: int) -> Intent:
+        """Note, before sbatch runs, that a Slurm job named ``ucloud_id`` may be about to exist."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO intents (ucloud_id, unix_user, first_at, last_at, attempts) VALUES (?, ?, ?, ?, 1)"
+                " ON CONFLICT (ucloud_id) DO UPDATE SET last_at = excluded.last_at, attempts = attempts + 1",
+                (ucloud_id, unix_user, now, now),
+            )
+            row = db.execute("SELECT * FROM intents WHERE ucloud_id = ?", (ucloud_id,)).fetchone()
+        return _intent(row)
+
+    def intents(self) -> list[Intent]:
+        return [_intent(r) for r in self._query("SELECT * FROM intents ORDER BY first_at")]
+
+    def retire_intents(self, ucloud_ids: Iterable[str]) -> None:
+        """Forget settled intents: the sweeper found no Slurm job of theirs left to cancel."""
+        with self._transaction() as db:
+            db.executemany("DELETE FROM intents WHERE ucloud_id = ?", [(i,) for i in ucloud_ids])
+
+    def probe_write(self, now: int) -> None:
+        """Raise unless a write reaches the file now (one row rewritten: cheap enough for /readyz)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO write_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (now,),
+            )
 
     def get(self, ucloud_ids: Iterable[str]) -> dict[str, TrackedJob]:
         ids = list(dict.fromkeys(ucloud_ids))
@@ -250,6 +327,100 @@ class Store:
     def outbox_stats(self) -> OutboxStats:
         row = self._query("SELECT COUNT(*) AS depth, MIN(created_at) AS oldest FROM outbox")[0]
         return OutboxStats(row["depth"], row["oldest"])
+
+
+def _intent(row: sqlite3.Row) -> Intent:
+    return Intent(row["ucloud_id"], row["unix_user"], row["first_at"], row["last_at"], row["attempts"])
+
+
+# -- checking a file before it is opened for writing -------------------------------------------------
+
+
+def inspect_file(path: Path) -> int:
+    """The schema version of an existing store (0 for no file or an empty one), read without writing.
+
+    Raises ``StoreUnusable`` naming the file and what is wrong: not SQLite, damaged, written by a newer
+    version, or not this daemon's schema. Nothing here writes, so a file refused is left untouched
+    (journal mode, migrations and every other write come only after it passed).
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise StoreUnusable(f"{path}: cannot be read: {exc.strerror}") from None
+    if size == 0:
+        return 0
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(100)
+    except OSError as exc:
+        raise StoreUnusable(f"{path}: cannot be read: {exc.strerror}") from None
+    if not head.startswith(_SQLITE_HEADER):
+        raise StoreUnusable(f"{path}: not an SQLite database (it starts with {head[:16]!r})")
+    if size < 512 or len(head) < 100:
+        raise StoreUnusable(f"{path}: truncated ({size} bytes; an SQLite database is at least 512)")
+    # Without a -wal file there is nothing but the file to read: immutable=1 then keeps SQLite from
+    # creating -wal and -shm files beside a file it is about to refuse.
+    immutable = "" if Path(f"{path}-wal").exists() else "&immutable=1"
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{immutable}", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreUnusable(f"{path}: cannot be opened: {exc}") from None
+    try:
+        problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise StoreUnusable(f"{path}: damaged (SQLite's check says: {'; '.join(problems)})")
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        found = _layout(db)
+    except sqlite3.DatabaseError as exc:
+        raise StoreUnusable(f"{path}: damaged or not a database ({exc})") from None
+    finally:
+        db.close()
+    if version > SCHEMA_VERSION:
+        raise StoreUnusable(
+            f"{path}: written by a newer ucloud-slurm-provider (schema {version}, this version knows up to "
+            f"{SCHEMA_VERSION}); run the newer version, or restore a backup"
+        )
+    if version == 0 and found:
+        raise StoreUnusable(f"{path}: not a ucloud-slurm-provider store (it has tables {', '.join(sorted(found))})")
+    problem = describe_difference(found, expected_layout(version))
+    if problem:
+        raise StoreUnusable(f"{path}: says schema {version} but does not have it ({problem})")
+    return version
+
+
+def _layout(db: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
+    """Table -> column names, SQLite's own tables left out."""
+    tables = [
+        r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+    ]
+    return {t: tuple(r[1] for r in db.execute(f"PRAGMA table_info('{t}')")) for t in tables}
+
+
+def expected_layout(version: int) -> dict[str, tuple[str, ...]]:
+    """The tables and columns a store of ``version`` has: its migrations, applied to an empty database."""
+    db = sqlite3.connect(":memory:")
+    try:
+        for migration in MIGRATIONS[:version]:
+            for statement in migration:
+                db.execute(statement)
+        return _layout(db)
+    finally:
+        db.close()
+
+
+def describe_difference(found: dict[str, tuple[str, ...]], expected: dict[str, tuple[str, ...]]) -> str:
+    """A short account of how ``found`` differs from ``expected`` ("" if it does not)."""
+    problems = [f"table {t} missing" for t in sorted(expected.keys() - found.keys())]
+    problems += [f"unexpected table {t}" for t in sorted(found.keys() - expected.keys())]
+    for table in sorted(expected.keys() & found.keys()):
+        if found[table] != expected[table]:
+            missing = [c for c in expected[table] if c not in found[table]]
+            extra = [c for c in found[table] if c not in expected[table]]
+            detail = ", ".join([*(f"no column {c}" for c in missing), *(f"unexpected column {c}" for c in extra)])
+            problems.append(f"table {table}: {detail or 'columns in another order'}")
+    return "; ".join(problems)
 
 
 def _job(row: sqlite3.Row) -> TrackedJob:

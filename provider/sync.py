@@ -10,6 +10,7 @@ same Slurm calls as a verify of one.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -165,8 +166,8 @@ class Synchronizer:
                 try:
                     report = await self.run_pass(pending, include_active)
                 except Exception as exc:  # a bug or a broken store must not stop future passes
-                    log.exception("reconcile.pass_crashed")
                     report = PassReport(error=f"{type(exc).__name__}: {exc}")
+                    self._retry_later(pending, exc)
                 finally:
                     self._busy = False
                 self.last_report = report
@@ -176,6 +177,16 @@ class Synchronizer:
             if self._later_handle is not None:
                 self._later_handle.cancel()
                 self._later_handle = None
+
+    def _retry_later(self, pending: Mapping[str, Belief], exc: Exception) -> None:
+        """A pass failed (a full disk, a bug): what it was asked to decide was accepted (a verify already
+        answered {}), so it is asked for again after ``confirm_interval`` instead of being dropped."""
+        if isinstance(exc, sqlite3.Error):
+            log.error("reconcile.pass_failed", error=str(exc), retrying=len(pending), retry_in=self.timings.confirm_interval_s)
+        else:
+            log.exception("reconcile.pass_crashed", retrying=len(pending), retry_in=self.timings.confirm_interval_s)
+        if pending:
+            self.request_later(pending, self.timings.confirm_interval_s)
 
     async def flush(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until the pass in flight and the requests already accepted (a

@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from provider.api import ApiError, add_routes, error_response
-from provider.appkeys import BACKEND, CLAIMS, CORE, JOBS, METRICS, SENDER, SETTINGS, STORE, SYNC, TASKS, VERIFIER
+from provider.appkeys import BACKEND, CLAIMS, CORE, JOBS, METRICS, SENDER, SETTINGS, STORE, SWEEPER, SYNC, TASKS, VERIFIER
 from provider.config import Settings, read_refresh_token
 from provider.edge import LIMITS, Refused, RequestLimits, check_username_header
 from provider.jobs import JobService, SlurmUnavailable
@@ -32,6 +32,7 @@ from provider.slurm.select import close_backend, open_backend
 from provider.slurm.states import StateTable
 from provider.store import Store
 from provider.submission import RequestRefused
+from provider.sweeper import Sweeper, SweepRules
 from provider.sync import PassTimings, Synchronizer, now_ms
 from provider.ucloud.auth import TokenVerifier, Unauthorized, load_public_key
 from provider.ucloud.core import CoreClient
@@ -117,17 +118,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: the store answers, and the latest Slurm query and the latest call to Core worked.
+    """Ready: the store takes a write, and the latest Slurm query and the latest call to Core worked.
 
     Read from what the daemon last saw, so a probe costs Slurm nothing. 503 names what is failing.
     """
     app = request.app
     checks: dict[str, str] = {}
-    try:
-        await asyncio.to_thread(app[STORE].ping)
+    try:  # a real write (one row rewritten): a full disk or a read-only file is not ready
+        await asyncio.to_thread(app[STORE].probe_write, now_ms())
         checks["store"] = "ok"
     except Exception as exc:  # any database error means not ready
-        checks["store"] = f"failing: {exc}"
+        checks["store"] = f"failing: cannot write: {exc}"
     slurm_errors = {cmd: err for cmd, err in app[BACKEND].last_error.items() if err}
     checks["slurm"] = "ok" if not slurm_errors else "failing: " + "; ".join(f"{c}: {e}" for c, e in slurm_errors.items())
     core_error = app[SENDER].last_error
@@ -228,18 +229,30 @@ def make_app(
             on_queued=app[SENDER].wake,
         )
         app[SYNC] = sync
+        control = SlurmControl(slurm_conf=settings.slurm.conf or None, bin_dir=settings.slurm.bin_dir)
+        sweeper = Sweeper(
+            app[STORE],
+            control,
+            in_flight=lambda: app[JOBS].in_flight,
+            rules=SweepRules(checks=rec.missing_checks, window_ms=int(rec.missing_window * 1000)),
+            interval=rec.confirm_interval,
+            clock=clock,
+        )
+        app[SWEEPER] = sweeper
         app[JOBS] = JobService(
             settings,
             app[STORE],
             app[BACKEND],
-            SlurmControl(slurm_conf=settings.slurm.conf or None, bin_dir=settings.slurm.bin_dir),
+            control,
             sync,
             on_queued=app[SENDER].wake,
+            on_unsettled=sweeper.wake,
             clock=clock,
         )
         async with background(sync.run(), "reconcile", app[TASKS]):
             async with background(monitor_loop(sync, rec.interval, rec.max_interval), "monitor", app[TASKS]):
-                yield
+                async with background(sweeper.run(), "sweeper", app[TASKS]):
+                    yield
             # Shutdown: decide what was already accepted (a verify answered {}), so its updates reach
             # the outbox before the sender's last drain.
             await sync.flush(timeout=10)

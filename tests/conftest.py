@@ -262,7 +262,12 @@ def daemon_settings(
                 "refresh_token_file": str(keys.refresh_token_file),
                 "timeout": 5,
             },
-            "slurm": {"backend": "cli", "conf": os.environ.get("SLURM_CONF", ""), "query_timeout": 20},
+            "slurm": {
+                "backend": "cli",
+                "conf": os.environ.get("SLURM_CONF", ""),
+                "query_timeout": 20,
+                **(sections or {}).get("slurm", {}),
+            },
             "store": {"path": str(store_path)},
             "reconcile": {
                 "interval": 3600,  # tests of verify must not be helped by the monitor

@@ -30,11 +30,21 @@ def test_a_ucloud_id_is_tracked_once(tmp_path: Path) -> None:
         tracked(store, "1", "42")
 
 
-def test_an_active_slurm_id_maps_to_one_ucloud_job(tmp_path: Path) -> None:
+def test_an_active_slurm_job_maps_to_one_ucloud_job(tmp_path: Path) -> None:
+    """The same Slurm job (same id, same name) cannot be tracked for a second UCloud job."""
     store = Store(tmp_path / "s.sqlite3")
     tracked(store, "1", "41")
-    with pytest.raises(StoreError, match="Slurm job 41 is already tracked for UCloud job 1"):
-        tracked(store, "2", "41")
+    for name in ("1", None):
+        with pytest.raises(StoreError, match="Slurm job 41 is already tracked for UCloud job 1"):
+            store.track(ucloud_id="2", slurm_id="41", cluster="c", expected_name=name, submitted_at=NOW, now=NOW)
+
+
+def test_a_reused_slurm_id_with_another_name_is_another_job(tmp_path: Path) -> None:
+    """After a wiped slurmctld, a new job gets the id of an old one still tracked as active."""
+    store = Store(tmp_path / "s.sqlite3")
+    tracked(store, "1", "41")
+    tracked(store, "2", "41")  # expected names "1" and "2": two different Slurm jobs
+    assert {j.ucloud_id for j in store.active()} == {"1", "2"}
 
 
 def test_decision_and_update_are_stored_together_and_survive_reopening(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import structlog
 
 from provider.slurm.backend import QueryBook
 from provider.slurm.parse import SACCT_FIELDS, SQUEUE_FIELDS, UNIT_SEPARATOR, ParseError, parse_sacct, parse_squeue
-from provider.slurm.process import CommandTimeout, run_command, slurm_environment
+from provider.slurm.process import CommandTimeout, SlurmTools
 from provider.slurm.types import QueryResult, SlurmJob, is_valid_slurm_id
 
 log = structlog.get_logger(__name__)
@@ -17,16 +17,15 @@ log = structlog.get_logger(__name__)
 SACCT_IDS_PER_CALL = 5000
 
 
-def squeue_argv(squeue: str = "squeue") -> list[str]:
+def squeue_args() -> list[str]:
     """All jobs slurmctld holds, finished ones included (``-t all``), in every partition (``-a``)."""
     spec = ",".join(f"{name}:0{UNIT_SEPARATOR}" for name in SQUEUE_FIELDS[:-1]) + f",{SQUEUE_FIELDS[-1]}:0"
-    return [squeue, "--noheader", "--all", "--states=all", "--Format", spec]
+    return ["--noheader", "--all", "--states=all", "--Format", spec]
 
 
-def sacct_argv(slurm_ids: Sequence[str], sacct: str = "sacct") -> list[str]:
+def sacct_args(slurm_ids: Sequence[str]) -> list[str]:
     """Allocation rows (``-X``) of the given ids; ``-j`` also makes the time window start at the epoch."""
     return [
-        sacct,
         "--noheader",
         "--parsable2",
         "--allocations",
@@ -35,6 +34,15 @@ def sacct_argv(slurm_ids: Sequence[str], sacct: str = "sacct") -> list[str]:
         "--format=" + ",".join(SACCT_FIELDS),
         "--jobs=" + ",".join(slurm_ids),
     ]
+
+
+def squeue_argv(squeue: str = "squeue") -> list[str]:
+    """``squeue_args`` behind a program path (bench/ runs the raw command beside the backend)."""
+    return [squeue, *squeue_args()]
+
+
+def sacct_argv(slurm_ids: Sequence[str], sacct: str = "sacct") -> list[str]:
+    return [sacct, *sacct_args(slurm_ids)]
 
 
 class CommandBackend(QueryBook):
@@ -48,22 +56,21 @@ class CommandBackend(QueryBook):
 
     def __init__(self, *, slurm_conf: str | None = None, timeout: float = 30.0, bin_dir: str = "") -> None:
         super().__init__()
-        self._env = slurm_environment(slurm_conf)
+        self._tools = SlurmTools(bin_dir=bin_dir, slurm_conf=slurm_conf, timeout=timeout)
         self._timeout = timeout
-        self._bin = bin_dir.rstrip("/") + "/" if bin_dir else ""
         self.accounting_disabled = False
 
     async def _query(
-        self, command: str, argv: list[str], parse: Callable[[str], list[SlurmJob]]
+        self, command: str, args: list[str], parse: Callable[[str], list[SlurmJob]]
     ) -> list[SlurmJob] | str:
         """The jobs the command listed, or a sentence saying why its answer means nothing."""
-        return await self.counted(command, lambda: self._run_and_parse(command, argv, parse))
+        return await self.counted(command, lambda: self._run_and_parse(command, args, parse))
 
     async def _run_and_parse(
-        self, command: str, argv: list[str], parse: Callable[[str], list[SlurmJob]]
+        self, command: str, args: list[str], parse: Callable[[str], list[SlurmJob]]
     ) -> list[SlurmJob] | str:
         try:
-            result = await run_command(argv, timeout=self._timeout, env=self._env)
+            result = await self._tools.run(command, args)
         except CommandTimeout as exc:
             log.warning("slurm.query_timeout", command=command, timeout=self._timeout)
             return str(exc)
@@ -87,7 +94,7 @@ class CommandBackend(QueryBook):
             return f"{command} output could not be parsed: {exc}"
 
     async def live_jobs(self) -> QueryResult:
-        jobs = await self._query("squeue", squeue_argv(self._bin + "squeue"), parse_squeue)
+        jobs = await self._query("squeue", squeue_args(), parse_squeue)
         return QueryResult.failed(jobs) if isinstance(jobs, str) else QueryResult.of(jobs)
 
     async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
@@ -95,7 +102,7 @@ class CommandBackend(QueryBook):
         found: list[SlurmJob] = []
         for start in range(0, len(ids), SACCT_IDS_PER_CALL):
             chunk = ids[start : start + SACCT_IDS_PER_CALL]
-            jobs = await self._query("sacct", sacct_argv(chunk, self._bin + "sacct"), parse_sacct)
+            jobs = await self._query("sacct", sacct_args(chunk), parse_sacct)
             if isinstance(jobs, str):
                 return QueryResult.failed(jobs)
             found.extend(jobs)

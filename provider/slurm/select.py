@@ -15,7 +15,7 @@ import structlog
 from provider.config import SlurmSection
 from provider.slurm.backend import SlurmBackend
 from provider.slurm.commands import CommandBackend
-from provider.slurm.process import CommandTimeout, run_command, slurm_environment
+from provider.slurm.process import CommandTimeout, SlurmTools
 from provider.slurm.pyslurm_backend import PyslurmBackend, WorkerUnavailable
 
 log = structlog.get_logger(__name__)
@@ -32,9 +32,8 @@ def major_minor(version: str | None) -> str | None:
 
 async def installed_slurm_version(cfg: SlurmSection) -> str | None:
     """``scontrol --version`` ("slurm 22.05.8" -> "22.05.8"), or None if it cannot be run."""
-    scontrol = (cfg.bin_dir.rstrip("/") + "/scontrol") if cfg.bin_dir else "scontrol"
     try:
-        result = await run_command([scontrol, "--version"], timeout=10, env=slurm_environment(cfg.conf or None))
+        result = await SlurmTools(bin_dir=cfg.bin_dir, slurm_conf=cfg.conf or None).run("scontrol", ["--version"], timeout=10)
     except (CommandTimeout, OSError):
         return None
     match = re.search(r"(\d+\.\d+\.\d+)", result.stdout)
