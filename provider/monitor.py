@@ -56,6 +56,7 @@ class OutboxSender:
         self._jitter = jitter
         self._wake = asyncio.Event()
         self._singles = False  # after an unexplained 404, send one at a time to find the refused job
+        self._stopping = False
         self.sent = 0
         self.dropped = 0
         self.failures = 0
@@ -64,14 +65,22 @@ class OutboxSender:
     def wake(self) -> None:
         self._wake.set()
 
+    def stop(self) -> None:
+        """Let ``run`` return once its request in flight is answered. Cancelling it instead could lose
+        Core's answer to a batch Core has already taken, and the batch would be sent twice."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
         backoff = self._min_backoff
-        while True:
+        while not self._stopping:
             try:
                 progressed = await self.drain()
             except Exception:  # the store failing must not kill the sender
                 log.exception("outbox.crashed")
                 progressed = False
+            if self._stopping:
+                return
             if progressed:
                 backoff = self._min_backoff
                 self._wake.clear()

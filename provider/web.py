@@ -207,9 +207,13 @@ def make_app(
                 max_backoff=settings.reconcile.outbox_max_backoff,
             )
             app[SENDER] = sender
-            async with background(sender.run(), "outbox", app[TASKS]):
+            async with background(sender.run(), "outbox", app[TASKS]) as task:
                 yield
-            # Shutdown: one last attempt to hand Core what is queued; what is not sent stays stored.
+                # Shutdown: the request in flight is answered first (see OutboxSender.stop) ...
+                sender.stop()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(task), timeout=settings.ucloud.timeout + 1)
+            # ... then one last attempt to hand Core what is queued; what is not sent stays stored.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(sender.drain(), timeout=5)
 
