@@ -96,7 +96,11 @@ def daemon_python() -> tuple[str, str]:
     system = Path("/usr/bin") / version
     if not system.exists():
         pytest.skip(f"no /usr/bin/{version} for the non-root daemon (this interpreter may not be readable by it)")
-    return str(system), f"{REPO}{os.pathsep}{sysconfig.get_paths()['purelib']}{os.pathsep}{sysconfig.get_paths()['platlib']}"
+    pythonpath = f"{REPO}{os.pathsep}{sysconfig.get_paths()['purelib']}{os.pathsep}{sysconfig.get_paths()['platlib']}"
+    probe = as_daemon_user(str(system), "-c", "import provider.cli", env={"PYTHONPATH": pythonpath})
+    if probe.returncode != 0:  # e.g. a checkout under /root, which other users cannot enter
+        pytest.skip(f"the service user cannot import this checkout ({REPO}): {probe.stderr.strip()[-200:]}")
+    return str(system), pythonpath
 
 
 def as_daemon_user(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
