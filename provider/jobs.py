@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from provider.accounting import Owner, UsageSubject
 from provider.config import Settings
 from provider.reconcile import TrackedJob
 from provider.slurm.backend import SlurmBackend
@@ -136,6 +137,11 @@ class JobService:
                 now=now,
                 unix_user=plan.unix_user,
                 updates=[update],
+                charges=UsageSubject(
+                    Owner.of_job(job.owner.created_by, job.owner.project),
+                    job.specification.product.category,
+                    job.specification.product.id,
+                ),
             )
         except StoreError:
             await self._control.cancel([slurm_id], user=plan.unix_user)

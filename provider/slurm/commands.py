@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import structlog
 
 from provider.slurm.backend import QueryBook
-from provider.slurm.parse import SACCT_FIELDS, SQUEUE_FIELDS, UNIT_SEPARATOR, ParseError, parse_sacct, parse_squeue
+from provider.accounting import UsageRecord
+from provider.slurm.parse import (
+    SACCT_FIELDS,
+    SACCT_USAGE_FIELDS,
+    SQUEUE_FIELDS,
+    UNIT_SEPARATOR,
+    ParseError,
+    parse_sacct,
+    parse_sacct_usage,
+    parse_squeue,
+)
 from provider.slurm.process import CommandTimeout, run_command, slurm_environment
 from provider.slurm.types import QueryResult, SlurmJob, is_valid_slurm_id
 
@@ -15,6 +26,8 @@ log = structlog.get_logger(__name__)
 
 # sacct takes the ids on its command line; stay far below the kernel's argument limit.
 SACCT_IDS_PER_CALL = 5000
+
+Row = TypeVar("Row")
 
 
 def squeue_argv(squeue: str = "squeue") -> list[str]:
@@ -37,6 +50,20 @@ def sacct_argv(slurm_ids: Sequence[str], sacct: str = "sacct") -> list[str]:
     ]
 
 
+def sacct_usage_argv(slurm_ids: Sequence[str], sacct: str = "sacct") -> list[str]:
+    """Elapsed seconds and allocated resources of the given ids (allocation rows, any user, any time)."""
+    return [
+        sacct,
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        "--allusers",
+        f"--delimiter={UNIT_SEPARATOR}",
+        "--format=" + ",".join(SACCT_USAGE_FIELDS),
+        "--jobs=" + ",".join(slurm_ids),
+    ]
+
+
 class CommandBackend(QueryBook):
     """Queries Slurm through its command-line tools under a timeout.
 
@@ -53,15 +80,11 @@ class CommandBackend(QueryBook):
         self._bin = bin_dir.rstrip("/") + "/" if bin_dir else ""
         self.accounting_disabled = False
 
-    async def _query(
-        self, command: str, argv: list[str], parse: Callable[[str], list[SlurmJob]]
-    ) -> list[SlurmJob] | str:
+    async def _query(self, command: str, argv: list[str], parse: Callable[[str], list[Row]]) -> list[Row] | str:
         """The jobs the command listed, or a sentence saying why its answer means nothing."""
         return await self.counted(command, lambda: self._run_and_parse(command, argv, parse))
 
-    async def _run_and_parse(
-        self, command: str, argv: list[str], parse: Callable[[str], list[SlurmJob]]
-    ) -> list[SlurmJob] | str:
+    async def _run_and_parse(self, command: str, argv: list[str], parse: Callable[[str], list[Row]]) -> list[Row] | str:
         try:
             result = await run_command(argv, timeout=self._timeout, env=self._env)
         except CommandTimeout as exc:
@@ -71,7 +94,7 @@ class CommandBackend(QueryBook):
             log.error("slurm.query_not_started", command=command, error=str(exc))
             return f"{command} could not be started: {exc}"
         log.debug("slurm.query", command=command, rc=result.returncode, seconds=round(result.seconds, 3))
-        if command == "sacct" and "accounting storage is disabled" in result.stderr.lower():
+        if command.startswith("sacct") and "accounting storage is disabled" in result.stderr.lower():
             # No slurmdbd: nothing to ask. The missing-job verdict rests on the debounce alone.
             if not self.accounting_disabled:
                 log.warning("slurm.accounting_disabled", detail=result.stderr.strip())
@@ -100,3 +123,21 @@ class CommandBackend(QueryBook):
                 return QueryResult.failed(jobs)
             found.extend(jobs)
         return QueryResult.of(found)
+
+    async def usage_records(self, slurm_ids: Sequence[str]) -> dict[str, UsageRecord] | str:
+        """Usage accounting's one sacct a pass (ids chunked only beyond ``SACCT_IDS_PER_CALL``):
+        every record keyed by each id it answers to, or a sentence saying why the answer means nothing.
+        Counted as the command ``sacct_usage``."""
+        ids = sorted({i for i in slurm_ids if is_valid_slurm_id(i)})
+        found: dict[str, UsageRecord] = {}
+        for start in range(0, len(ids), SACCT_IDS_PER_CALL):
+            chunk = ids[start : start + SACCT_IDS_PER_CALL]
+            records = await self._query("sacct_usage", sacct_usage_argv(chunk, self._bin + "sacct"), parse_sacct_usage)
+            if isinstance(records, str):
+                return records
+            if self.accounting_disabled:
+                return "Slurm has no accounting storage (slurmdbd): usage cannot be counted"
+            for record in records:
+                for key in record.keys:
+                    found.setdefault(key, record)
+        return found
