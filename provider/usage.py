@@ -197,6 +197,7 @@ class UsageSender(RetryingDrainer):
         self._singles = False
         self._epoch: str | None = None
         self._exhausted: set[tuple[Owner, str]] | None = None  # pairs whose last answer was false
+        self._draining = asyncio.Lock()  # the loop and the shutdown drain never send the same total twice
         self.sent = 0
         self.refused = 0
         self.exhausted_answers = 0
@@ -204,6 +205,10 @@ class UsageSender(RetryingDrainer):
         self.last_error = ""
 
     async def drain(self) -> bool:
+        async with self._draining:
+            return await self._drain()
+
+    async def _drain(self) -> bool:
         if self._epoch is None:
             self._epoch = await asyncio.to_thread(self._store.usage_epoch)
             rows = await asyncio.to_thread(self._store.usage_totals)
