@@ -196,3 +196,32 @@ async def test_a_restart_a_core_outage_and_a_slurmdbd_outage_in_the_middle_chang
     assert wallets(core, sorted(expected)) == expected
     assert {(r["owner"], r["category"]): r["reported_total"] for r in h.store.usage_totals()} == expected
     assert h.store.usage_stats().pending == 0
+
+
+async def test_an_owner_whose_allocation_is_used_up_is_recorded_and_with_cancel_their_jobs_stop(
+    slurm: LocalSlurm, make_harness: HarnessFactory, keys: DevCoreKeys, tmp_path: Path
+) -> None:
+    config = sections(tmp_path)
+    core = core_with_products(keys, config)
+    core.accounting.set_quota(DONNA, "cash", 100_000)  # 4 node-seconds at 25,000 a second
+    config["accounting"]["on_exhausted"] = "cancel"
+    h = await make_harness(store_path=tmp_path / "p.sqlite3", core=core, sections=config, interval=1, max_interval=2)
+    over = await submit(h, DONNA, "cash-2", 120)
+    other = await submit(h, ERIK, "cash-2", 120)
+    slurm_ids = {u: j.slurm_id for u, j in h.store.get([over, other]).items()}
+    for slurm_id in slurm_ids.values():
+        slurm.wait_state(slurm_id, {"RUNNING"}, 60)
+    await asyncio.sleep(6)
+    await pass_and_send(h)
+    answers = {r["owner"]: r["core_answer"] for r in h.store.usage_totals()}
+    assert answers == {DONNA: "false", ERIK: "true"}
+    slurm.wait_state(slurm_ids[over], {"CANCELLED"}, 30)
+    assert slurm.state(slurm_ids[other]) == "RUNNING"  # only the owner whose allocation is used up
+    await wait_final(h, [over])
+    assert h.store.get([over])[over].state.value == "SUCCESS"  # a cancellation, reported as UCloud does
+    metrics = await (await h.client.get("/metrics")).text()
+    assert "ucloud_provider_usage_exhausted_owners 1.0" in metrics
+    assert "ucloud_provider_usage_exhausted_answers_total 1.0" in metrics
+    reported = sum(r["reported_total"] for r in h.store.usage_totals())
+    assert f'ucloud_provider_usage_reported_units{{category="cash"}} {float(reported)}' in metrics
+    await h.call("jobs/terminate", {"items": [job_body(other, "RUNNING", provider=PROVIDER_ID)]}, username=ERIK)
