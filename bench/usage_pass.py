@@ -65,7 +65,7 @@ async def measure(ids: list[str], name: str, repeat: int) -> dict[str, float]:
                 product = PRODUCTS[i % 2]
                 store.track(
                     ucloud_id=f"b{i}", slurm_id=slurm_id, cluster="", expected_name=name, submitted_at=now, now=now,
-                    state=JobState.SUCCESS, charges=UsageSubject(Owner("user", f"user{i % 10}"), product.category, product.id),
+                    state=JobState.SUCCESS, charges=UsageSubject(Owner("user", f"user{(i // 2) % 10}"), product.category, product.id),
                 )
             backend = CommandBackend(slurm_conf=os.environ.get("SLURM_CONF"), timeout=120)
             meter = UsageMeter(store, backend, lambda: PRODUCTS, give_up_ms=86_400_000, clock=now_ms)

@@ -154,7 +154,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     backend, why = asyncio.run(_choose_backend(settings))  # BackendUnavailable: reported by main()
     print(f"{source}: OK (provider {settings.provider.id}, store {settings.store.path})")
     print(f"slurm backend: {backend} ({why})")
+    print(accounting_summary(settings))
     return EXIT_OK
+
+
+def accounting_summary(settings: Settings) -> str:
+    """One line on usage accounting: how often, what ``false`` does, and each category's unit."""
+    acc = settings.accounting
+    if not acc.enabled:
+        return "usage accounting: off"
+    from provider.products import accounting_unit
+
+    categories = {}
+    for p in settings.products:
+        unit = accounting_unit(p)["name"]
+        categories.setdefault(p.category, f"{p.category} ({unit} per {p.accounting_frequency})")
+    listed = ", ".join(categories.values()) or "no products"
+    return f"usage accounting: every {acc.interval:g} s, on_exhausted = {acc.on_exhausted}; {listed}"
 
 
 async def _choose_backend(settings: Settings) -> tuple[str, str]:

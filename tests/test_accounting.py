@@ -236,3 +236,14 @@ def test_products_of_one_category_must_agree_on_how_it_is_accounted() -> None:
         )
     settings = settings_from_dict({"products": [{"id": "a", "category": "c"}, {"id": "b", "category": "c", "cpus": 2}]})
     assert settings.accounting.interval == 30 and settings.accounting.on_exhausted == "record"
+
+
+def test_sacct_ids_are_split_only_beyond_the_kernels_argument_limit() -> None:
+    from provider.slurm.commands import id_chunks
+
+    ten_thousand = [str(4_000_000 + i) for i in range(10_000)]
+    assert id_chunks(ten_thousand) == [ten_thousand]  # 80,000 characters: one call
+    many = [str(1_000_000_000 + i) for i in range(20_000)]  # 220,000 characters
+    chunks = id_chunks(many)
+    assert len(chunks) == 3 and sum(chunks, []) == many
+    assert all(len(",".join(c)) < 128 * 1024 for c in chunks)

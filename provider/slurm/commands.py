@@ -24,8 +24,25 @@ from provider.slurm.types import QueryResult, SlurmJob, is_valid_slurm_id
 
 log = structlog.get_logger(__name__)
 
-# sacct takes the ids on its command line; stay far below the kernel's argument limit.
-SACCT_IDS_PER_CALL = 5000
+# sacct takes the ids in one argument (--jobs=a,b,...), and Linux caps one argument at 128 KiB
+# (MAX_ARG_STRLEN): one call holds up to 100,000 characters of ids, some 14,000 seven-digit ids.
+SACCT_ID_CHARS_PER_CALL = 100_000
+
+
+def id_chunks(ids: Sequence[str], limit: int = SACCT_ID_CHARS_PER_CALL) -> list[list[str]]:
+    """The ids in as few sacct calls as the argument limit allows: one, unless there are very many."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    length = 0
+    for slurm_id in ids:
+        if current and length + len(slurm_id) + 1 > limit:
+            chunks.append(current)
+            current, length = [], 0
+        current.append(slurm_id)
+        length += len(slurm_id) + 1
+    if current:
+        chunks.append(current)
+    return chunks
 
 Row = TypeVar("Row")
 
@@ -116,8 +133,7 @@ class CommandBackend(QueryBook):
     async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
         ids = sorted({i for i in slurm_ids if is_valid_slurm_id(i)})
         found: list[SlurmJob] = []
-        for start in range(0, len(ids), SACCT_IDS_PER_CALL):
-            chunk = ids[start : start + SACCT_IDS_PER_CALL]
+        for chunk in id_chunks(ids):
             jobs = await self._query("sacct", sacct_argv(chunk, self._bin + "sacct"), parse_sacct)
             if isinstance(jobs, str):
                 return QueryResult.failed(jobs)
@@ -125,13 +141,12 @@ class CommandBackend(QueryBook):
         return QueryResult.of(found)
 
     async def usage_records(self, slurm_ids: Sequence[str]) -> dict[str, UsageRecord] | str:
-        """Usage accounting's one sacct a pass (ids chunked only beyond ``SACCT_IDS_PER_CALL``):
+        """Usage accounting's one sacct a pass (ids split only beyond ``SACCT_ID_CHARS_PER_CALL``):
         every record keyed by each id it answers to, or a sentence saying why the answer means nothing.
         Counted as the command ``sacct_usage``."""
         ids = sorted({i for i in slurm_ids if is_valid_slurm_id(i)})
         found: dict[str, UsageRecord] = {}
-        for start in range(0, len(ids), SACCT_IDS_PER_CALL):
-            chunk = ids[start : start + SACCT_IDS_PER_CALL]
+        for chunk in id_chunks(ids):
             records = await self._query("sacct_usage", sacct_usage_argv(chunk, self._bin + "sacct"), parse_sacct_usage)
             if isinstance(records, str):
                 return records
