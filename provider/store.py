@@ -205,7 +205,7 @@ class Store:
                 self._enqueue(db, ucloud_id, update, now)
             if charges is not None:
                 db.execute(
-                    "INSERT OR REPLACE INTO usage_jobs (ucloud_id, owner_type, owner, category, product, updated_at)"
+                    "INSERT OR IGNORE INTO usage_jobs (ucloud_id, owner_type, owner, category, product, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (ucloud_id, charges.owner.kind, charges.owner.reference, charges.category, charges.product, now),
                 )
@@ -375,6 +375,17 @@ class Store:
                     (kind, reference, category, change.total, now),
                 )
         return changes
+
+    def usage_requeue_refused(self, answered_before: int, now: int) -> int:
+        """Queue again the totals Core refused before ``answered_before`` (a category registered only
+        later, an owner Core did not know yet): a refusal must not lose a finished owner's usage."""
+        with self._transaction() as db:
+            return db.execute(
+                "INSERT OR IGNORE INTO usage_outbox (owner_type, owner, category, total, queued_at)"
+                " SELECT owner_type, owner, category, total, ? FROM usage_totals"
+                " WHERE core_answer LIKE 'refused%' AND answered_at < ?",
+                (now, answered_before),
+            ).rowcount
 
     def usage_outbox_peek(self, limit: int) -> list[PendingUsage]:
         rows = self._query("SELECT * FROM usage_outbox ORDER BY queued_at, owner_type, owner, category LIMIT ?", (limit,))

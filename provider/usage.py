@@ -29,6 +29,10 @@ from provider.ucloud.core import CoreClient
 
 log = structlog.get_logger(__name__)
 
+# A total Core refused (its category not registered yet, an owner it did not know) is offered again
+# after this long, so registering the products later loses no usage.
+REFUSED_RETRY_MS = 10 * 60 * 1000
+
 
 @dataclass(frozen=True)
 class UsagePassReport:
@@ -98,6 +102,9 @@ class UsageMeter:
         return report
 
     async def _pass(self) -> UsagePassReport:
+        now = self._clock()
+        if await asyncio.to_thread(self._store.usage_requeue_refused, now - REFUSED_RETRY_MS, now):
+            self._on_queued()
         open_jobs = await asyncio.to_thread(self._store.usage_open)
         if not open_jobs:
             return UsagePassReport()

@@ -306,3 +306,24 @@ async def test_usage_command_shows_per_owner_and_category_what_was_reported_and_
     assert await asyncio.to_thread(main, ["usage", "--config", str(config), "--owner", "erik#0042", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["owner"], r["total"], r["reported_total"], r["pending_total"]) for r in rows] == [("erik#0042", 8, 4, 8)]
+
+
+async def test_a_total_refused_because_the_category_was_not_registered_goes_out_once_it_is(
+    tmp_path: Path, core: tuple[DevCore, str], client: CoreClient
+) -> None:
+    from provider.usage import REFUSED_RETRY_MS, UsageMeter
+    from provider.slurm.commands import CommandBackend
+
+    dev, _ = core
+    store = Store(tmp_path / "p.sqlite3")
+    count(store, DONNA, "1", 600)  # the admin has not run `products register` yet
+    s = sender(store, client)
+    assert await s.drain()
+    assert store.usage_totals()[0]["core_answer"] == "refused: 403: This category does not exist"
+    await register(client)
+    clock = [now_ms() + REFUSED_RETRY_MS + 1]
+    meter = UsageMeter(store, CommandBackend(), lambda: PRODUCTS, give_up_ms=1, clock=lambda: clock[0], on_queued=s.wake)
+    assert not (await meter.run_pass()).error  # no open job: no Slurm call, but the refused total is queued again
+    assert await s.drain()
+    assert dev.accounting.usage(DONNA.reference, "cpu") == 40
+    assert store.usage_totals()[0]["core_answer"] == "true"
