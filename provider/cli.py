@@ -165,7 +165,7 @@ def accounting_summary(settings: Settings) -> str:
         return "usage accounting: off"
     from provider.products import accounting_unit
 
-    categories = {}
+    categories: dict[str, str] = {}
     for p in settings.products:
         unit = accounting_unit(p)["name"]
         categories.setdefault(p.category, f"{p.category} ({unit} per {p.accounting_frequency})")
@@ -379,7 +379,7 @@ def cmd_products_list(args: argparse.Namespace) -> int:
         for product in held:
             print(json.dumps(product))
         return EXIT_OK
-    rows = [("PRODUCT", "CATEGORY", "UNIT", "FREQUENCY", "PRICE", "CPU", "MEMORY GB", "GPU", "DESCRIPTION")]
+    rows: list[tuple[str, ...]] = [("PRODUCT", "CATEGORY", "UNIT", "FREQUENCY", "PRICE", "CPU", "MEMORY GB", "GPU", "DESCRIPTION")]
     for p in held:
         category = p.get("category") or {}
         unit = (category.get("accountingUnit") or {}).get("name", "")
@@ -408,7 +408,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
         for row in totals:
             print(json.dumps(row))
         return EXIT_OK
-    rows = [("OWNER", "CATEGORY", "JOBS", "TOTAL", "REPORTED", "REPORTED AT", "CORE ANSWERED", "WAITING")]
+    rows: list[tuple[str, ...]] = [("OWNER", "CATEGORY", "JOBS", "TOTAL", "REPORTED", "REPORTED AT", "CORE ANSWERED", "WAITING")]
     for t in totals:
         answer = {"true": "ok", "false": "false (allocation used up)"}.get(t["core_answer"] or "", t["core_answer"] or "-")
         waiting = "-" if t["pending_total"] is None else f"{t['pending_total']} ({t['attempts']} tries)"

@@ -261,11 +261,13 @@ def make_app(
             yield
             return
         # Accounting always reads sacct's text (the command backend), whichever backend follows states.
-        own_sacct = not isinstance(app[BACKEND], CommandBackend)
-        sacct = app[BACKEND] if isinstance(app[BACKEND], CommandBackend) else CommandBackend(
-            slurm_conf=settings.slurm.conf or None, timeout=settings.slurm.query_timeout, bin_dir=settings.slurm.bin_dir
-        )
-        if own_sacct:
+        followed = app[BACKEND]
+        if isinstance(followed, CommandBackend):
+            sacct = followed
+        else:
+            sacct = CommandBackend(
+                slurm_conf=settings.slurm.conf or None, timeout=settings.slurm.query_timeout, bin_dir=settings.slurm.bin_dir
+            )
             sacct.observer = app[METRICS].observe_slurm
         policy = None
         if acc.on_exhausted == "cancel":

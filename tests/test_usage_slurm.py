@@ -144,6 +144,7 @@ async def test_two_users_and_a_project_are_charged_what_sacct_recorded_and_a_job
     await settle_usage(h)
     expected = hand_totals(slurm, jobs, slurm_ids)
     assert all(expected.values()), expected  # the jobs are long enough for every total to be above 0
+    print(f"\nhand computation from sacct: {expected}\nCore's wallets: {wallets(core, sorted(expected))}")
     assert wallets(core, sorted(expected)) == expected
     assert {(r["owner"], r["category"]): r["reported_total"] for r in h.store.usage_totals()} == expected
     # The project's 24-s job ran across the first pass and is counted once: Core was told a partial
@@ -193,6 +194,7 @@ async def test_a_restart_a_core_outage_and_a_slurmdbd_outage_in_the_middle_chang
     await settle_usage(h)
     expected = hand_totals(slurm, jobs, slurm_ids)
     assert all(expected.values()), expected
+    print(f"\nhand computation from sacct: {expected}\nCore's wallets: {wallets(core, sorted(expected))}")
     assert wallets(core, sorted(expected)) == expected
     assert {(r["owner"], r["category"]): r["reported_total"] for r in h.store.usage_totals()} == expected
     assert h.store.usage_stats().pending == 0
