@@ -28,6 +28,8 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 "$BIN" check-config --config deploy/demo/provider.toml
+echo "== registering the products with the stand-in Core (usage reports need them)"
+"$BIN" products register --config deploy/demo/provider.toml
 "$BIN" serve --config deploy/demo/provider.toml 2>&1 | tee "$RUN_DIR/daemon.log" &
 DAEMON_PID=$!
 for _ in $(seq 1 100); do
@@ -68,6 +70,7 @@ cat <<INFO
   $BIN dev-core verify 54112              # the seed: Core asks about a job the provider never knew
   $BIN dev-core create --int-param seconds=60; $BIN jobs list
   $BIN verify --dry-run
+  $BIN usage --config deploy/demo/provider.toml      # the usage reported to Core, per owner and category
   curl -s http://127.0.0.1:8080/dev/updates
 INFO
 wait "$DAEMON_PID"

@@ -17,6 +17,7 @@ from provider.sweeper import Sweeper
 from provider.sync import Synchronizer
 from provider.ucloud.auth import TokenVerifier
 from provider.ucloud.core import CoreClient
+from provider.usage import UsageMeter, UsageSender
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -28,5 +29,7 @@ CORE = web.AppKey("core", CoreClient)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 JOBS = web.AppKey("jobs", JobService)
 METRICS = web.AppKey("metrics", Metrics)
+USAGE_METER = web.AppKey("usage_meter", UsageMeter)
+USAGE_SENDER = web.AppKey("usage_sender", UsageSender)
 TASKS = web.AppKey("tasks", list[asyncio.Task[None]])  # the background loops, for the watchdog
 CLAIMS = web.RequestKey("claims", dict[str, Any])

@@ -1,4 +1,5 @@
-"""The command line: ``serve``, ``check-config``, ``jobs list|track|untrack``, ``verify --dry-run``, ``dev-core``."""
+"""The command line: ``serve``, ``check-config``, ``jobs list|track|untrack``, ``verify --dry-run``,
+``products register|list``, ``usage``, ``dev-core``."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
@@ -21,7 +23,11 @@ from provider.store import Store, StoreError
 from provider.sync import PassReport, PassTimings, Synchronizer, now_ms
 from provider.ucloud.auth import PublicKeyError, load_public_key
 
+if TYPE_CHECKING:
+    from provider.ucloud.core import CoreClient
+
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -73,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify = with_config(sub.add_parser("verify", help="show what the next reconciliation pass would send"))
     verify.add_argument("--dry-run", action="store_true", required=True, help="send nothing (required)")
     verify.set_defaults(func=cmd_verify_dry_run)
+
+    products = sub.add_parser("products", help="the products UCloud/Core knows for this provider")
+    products_sub = products.add_subparsers(dest="products_command", required=True)
+    register = with_config(products_sub.add_parser("register", help="push [[products]] to Core (POST /api/products/v2)"))
+    register.add_argument("--dry-run", action="store_true", help="print the request body, send nothing")
+    register.set_defaults(func=cmd_products_register)
+    plist = with_config(products_sub.add_parser("list", help="what Core has for this provider"))
+    plist.add_argument("--json", action="store_true", help="Core's ProductV2 objects, one a line")
+    plist.set_defaults(func=cmd_products_list)
+
+    usage = with_config(sub.add_parser("usage", help="per owner and category: the usage reported to Core and its answer"))
+    usage.add_argument("--owner", help="only this UCloud username or project id")
+    usage.add_argument("--json", action="store_true", help="one JSON object a line")
+    usage.set_defaults(func=cmd_usage)
 
     dev = sub.add_parser("dev-core", help="a local stand-in for UCloud/Core, for development and tests")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
@@ -134,7 +154,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     backend, why = asyncio.run(_choose_backend(settings))  # BackendUnavailable: reported by main()
     print(f"{source}: OK (provider {settings.provider.id}, store {settings.store.path})")
     print(f"slurm backend: {backend} ({why})")
+    print(accounting_summary(settings))
     return EXIT_OK
+
+
+def accounting_summary(settings: Settings) -> str:
+    """One line on usage accounting: how often, what ``false`` does, and each category's unit."""
+    acc = settings.accounting
+    if not acc.enabled:
+        return "usage accounting: off"
+    from provider.products import accounting_unit
+
+    categories: dict[str, str] = {}
+    for p in settings.products:
+        unit = accounting_unit(p)["name"]
+        categories.setdefault(p.category, f"{p.category} ({unit} per {p.accounting_frequency})")
+    listed = ", ".join(categories.values()) or "no products"
+    return f"usage accounting: every {acc.interval:g} s, on_exhausted = {acc.on_exhausted}; {listed}"
 
 
 async def _choose_backend(settings: Settings) -> tuple[str, str]:
@@ -280,6 +316,126 @@ def print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- products and usage ------------------------------------------------------------------------------
+
+
+async def _with_core(settings: Settings, work: Callable[[CoreClient], Awaitable[T]]) -> T:
+    import aiohttp
+
+    from provider.ucloud.core import CoreClient
+
+    token = read_refresh_token(settings.ucloud)
+    async with aiohttp.ClientSession() as session:
+        return await work(CoreClient(settings.ucloud.url, token, session, timeout=settings.ucloud.timeout))
+
+
+def cmd_products_register(args: argparse.Namespace) -> int:
+    from provider.products import differences_from_core, product_v2
+    from provider.ucloud.core import CoreUnavailable
+
+    settings = load_settings(args.config)
+    if not settings.products:
+        print("error: the config has no [[products]] to register", file=sys.stderr)
+        return EXIT_CONFIG
+    body = [product_v2(p, settings.provider.id) for p in settings.products]
+    if args.dry_run:
+        print(json.dumps({"items": body}, indent=2))
+        return EXIT_OK
+    configure_logging("warning", "console")
+
+    async def register(core: CoreClient) -> tuple[int, str, list[dict[str, object]]]:
+        status, why = await core.create_products(body)
+        held = await core.browse_products(settings.provider.id) if 200 <= status < 300 else []
+        return status, why, held
+
+    try:
+        status, why, held = asyncio.run(_with_core(settings, register))
+    except CoreUnavailable as exc:
+        print(f"error: Core could not be reached: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not 200 <= status < 300:
+        print(f"error: Core refused the products ({status}): {why}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"registered {len(body)} products with {settings.ucloud.url}")
+    problems = differences_from_core(settings.products, held, settings.provider.id)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_products_list(args: argparse.Namespace) -> int:
+    from provider.ucloud.core import CoreUnavailable
+
+    settings = load_settings(args.config)
+    configure_logging("warning", "console")
+    try:
+        held = asyncio.run(_with_core(settings, lambda core: core.browse_products(settings.provider.id)))
+    except CoreUnavailable as exc:
+        print(f"error: Core could not be reached: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        for product in held:
+            print(json.dumps(product))
+        return EXIT_OK
+    rows: list[tuple[str, ...]] = [("PRODUCT", "CATEGORY", "UNIT", "FREQUENCY", "PRICE", "CPU", "MEMORY GB", "GPU", "DESCRIPTION")]
+    for p in held:
+        category = p.get("category") or {}
+        unit = (category.get("accountingUnit") or {}).get("name", "")
+        rows.append(
+            (
+                str(p.get("name")),
+                str(category.get("name")),
+                str(unit),
+                str(category.get("accountingFrequency", "")),
+                str(p.get("price")),
+                str(p.get("cpu", 0)),
+                str(p.get("memoryInGigs", 0)),
+                str(p.get("gpu", 0)),
+                str(p.get("description", "")),
+            )
+        )
+    print_table(rows)
+    return EXIT_OK
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    store = open_store(settings)
+    totals = store.usage_totals(args.owner)
+    if args.json:
+        for row in totals:
+            print(json.dumps(row))
+        return EXIT_OK
+    rows: list[tuple[str, ...]] = [("OWNER", "CATEGORY", "JOBS", "TOTAL", "REPORTED", "REPORTED AT", "CORE ANSWERED", "WAITING")]
+    for t in totals:
+        answer = {"true": "ok", "false": "false (allocation used up)"}.get(t["core_answer"] or "", t["core_answer"] or "-")
+        waiting = "-" if t["pending_total"] is None else f"{t['pending_total']} ({t['attempts']} tries)"
+        rows.append(
+            (
+                f"{t['owner_type']}:{t['owner']}",
+                t["category"],
+                str(t["jobs"]),
+                str(t["total"]),
+                "-" if t["reported_total"] is None else str(t["reported_total"]),
+                _when(t["reported_at"]),
+                answer,
+                waiting,
+            )
+        )
+    print_table(rows)
+    if not totals:
+        print("no usage counted yet" + (f" for {args.owner}" if args.owner else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def _when(ms: int | None) -> str:
+    import datetime
+
+    if ms is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # -- dev-core ----------------------------------------------------------------------------------------

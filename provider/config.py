@@ -100,6 +100,28 @@ class ProductSection(_Section):
     max_nodes: Annotated[int, Field(ge=1)] = 1
     max_time_minutes: Annotated[int, Field(ge=1)] = 24 * 60
     time_extension: bool = True  # advertise and allow /jobs/extend
+    # Usage accounting (one unit and frequency per category, as UCloud accounts per category).
+    accounting_unit: Literal["cpu", "gpu", "memory", "money"] = "cpu"
+    accounting_frequency: Literal["minute", "hour", "day"] = "minute"
+    price: Annotated[float, Field(ge=0)] = 0.0  # money only: currency per node and period
+    currency: str = ""  # money only: the unit's name, e.g. "DKK"
+    description: str = ""  # shown by UCloud; "" = generated from the resources
+    free_to_use: bool = False  # Core charges nothing for the category
+
+    @model_validator(mode="after")
+    def _accounting_fits(self) -> ProductSection:
+        if self.accounting_unit == "money":
+            if self.price <= 0 or not self.currency:
+                raise ValueError("accounting_unit = \"money\" needs a price above 0 and a currency")
+        elif self.price or self.currency:
+            raise ValueError(
+                f"price and currency are for accounting_unit = \"money\" only (this product charges {self.accounting_unit})"
+            )
+        if self.accounting_unit == "gpu" and self.gpus == 0:
+            raise ValueError("accounting_unit = \"gpu\" but gpus = 0: every job would be free")
+        if self.accounting_unit == "memory" and self.memory_mb == 0:
+            raise ValueError("accounting_unit = \"memory\" needs memory_mb (the memory the product sells)")
+        return self
 
     @field_validator("account")
     @classmethod
@@ -145,6 +167,16 @@ class JobsSection(_Section):
     submit_timeout: PositiveSeconds = 4.0  # Core waits 5 s for create
 
 
+class AccountingSection(_Section):
+    """Usage reports to Core: absolute totals per (owner, category), from sacct."""
+
+    enabled: bool = True
+    interval: PositiveSeconds = 30.0  # seconds between accounting passes (IM2: 30 s)
+    batch: Annotated[int, Field(ge=1, le=1000)] = 500  # reports per request to Core (IM2: 500)
+    on_exhausted: Literal["record", "cancel"] = "record"  # what Core's "false" does to the owner's running jobs
+    give_up_after: PositiveSeconds = 86400.0  # seconds to wait for sacct's final record of a finished job
+
+
 class LoggingSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -160,6 +192,7 @@ class Settings(_Section):
     jobs: JobsSection = JobsSection()
     products: list[ProductSection] = Field(default_factory=list)
     applications: list[ApplicationSection] = Field(default_factory=list)
+    accounting: AccountingSection = AccountingSection()
     logging: LoggingSection = LoggingSection()
 
     @model_validator(mode="after")
@@ -170,6 +203,21 @@ class Settings(_Section):
             if key in seen:
                 raise ValueError(f"[[products]] {product.id} ({product.category}) appears twice")
             seen.add(key)
+        return self
+
+    @model_validator(mode="after")
+    def _one_accounting_per_category(self) -> Settings:
+        """UCloud accounts per category: its products must agree on unit, frequency and currency."""
+        first: dict[str, ProductSection] = {}
+        for product in self.products:
+            other = first.setdefault(product.category, product)
+            for key in ("accounting_unit", "accounting_frequency", "currency", "free_to_use"):
+                if getattr(product, key) != getattr(other, key):
+                    raise ValueError(
+                        f"[[products]] {product.id} and {other.id} are both in category {product.category!r} but"
+                        f" differ in {key} ({getattr(product, key)!r} vs {getattr(other, key)!r}): UCloud accounts"
+                        " per category"
+                    )
         return self
 
 

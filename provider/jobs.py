@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import structlog
 
+from provider.accounting import Owner, UsageSubject
 from provider.config import Settings
 from provider.jobfolder import prepare_folder, remove_folder
 from provider.reconcile import TrackedJob
@@ -179,6 +180,11 @@ class JobService:
                 now=now,
                 unix_user=user,
                 updates=[update],
+                charges=UsageSubject(
+                    Owner.of_job(job.owner.created_by, job.owner.project),
+                    job.specification.product.category,
+                    job.specification.product.id,
+                ),
             )
         except (StoreError, sqlite3.Error) as exc:
             log.error("job.track_failed", ucloud_id=job.id, slurm_id=slurm_id, error=str(exc))

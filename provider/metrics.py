@@ -31,6 +31,24 @@ class Snapshot:
     update_failures: int
     token_refreshes: int
     passes: int
+    usage: UsageSnapshot | None = None  # None: accounting is off
+
+
+@dataclass(frozen=True)
+class UsageSnapshot:
+    """Usage accounting's numbers: what was reported, what waits, what Core refused or answered false."""
+
+    reported_by_category: dict[str, int]  # the sum of the totals Core accepted, in the category's units
+    pending: int
+    pending_oldest_age_seconds: float
+    open_jobs: int
+    exhausted_owners: int
+    reports_sent: int
+    reports_refused: int
+    exhausted_answers: int
+    request_failures: int
+    passes: int
+    pass_failures: int
 
 
 class _SnapshotCollector(Collector):
@@ -70,6 +88,45 @@ class _SnapshotCollector(Collector):
         )
         yield CounterMetricFamily(f"{PREFIX}_token_refreshes", "Access tokens fetched from Core", value=snap.token_refreshes)
         yield CounterMetricFamily(f"{PREFIX}_reconcile_passes", "Reconciliation passes run", value=snap.passes)
+        if snap.usage is not None:
+            yield from _usage_metrics(snap.usage)
+
+
+def _usage_metrics(usage: UsageSnapshot) -> Iterator[Metric]:
+    reported = GaugeMetricFamily(
+        f"{PREFIX}_usage_reported_units",
+        "Sum over owners of the absolute usage Core accepted, in the category's units",
+        labels=["category"],
+    )
+    for category, units in sorted(usage.reported_by_category.items()):
+        reported.add_metric([category], units)
+    yield reported
+    yield GaugeMetricFamily(f"{PREFIX}_usage_pending", "Usage totals waiting to be sent to Core", value=usage.pending)
+    yield GaugeMetricFamily(
+        f"{PREFIX}_usage_pending_oldest_age_seconds",
+        "Age of the oldest usage total waiting for Core (0 when none waits)",
+        value=usage.pending_oldest_age_seconds,
+    )
+    yield GaugeMetricFamily(f"{PREFIX}_usage_open_jobs", "Jobs whose usage may still grow", value=usage.open_jobs)
+    yield GaugeMetricFamily(
+        f"{PREFIX}_usage_exhausted_owners",
+        "(owner, category) pairs whose allocation Core last said is used up (reportUsage answered false)",
+        value=usage.exhausted_owners,
+    )
+    yield CounterMetricFamily(f"{PREFIX}_usage_reports_sent", "Usage totals Core accepted", value=usage.reports_sent)
+    yield CounterMetricFamily(
+        f"{PREFIX}_usage_reports_refused", "Usage totals Core refused (unknown owner or category)", value=usage.reports_refused
+    )
+    yield CounterMetricFamily(
+        f"{PREFIX}_usage_exhausted_answers", "reportUsage answers of false (allocation used up)", value=usage.exhausted_answers
+    )
+    yield CounterMetricFamily(
+        f"{PREFIX}_usage_request_failures", "reportUsage requests that failed and will be retried", value=usage.request_failures
+    )
+    yield CounterMetricFamily(f"{PREFIX}_usage_passes", "Accounting passes run", value=usage.passes)
+    yield CounterMetricFamily(
+        f"{PREFIX}_usage_pass_failures", "Accounting passes whose sacct failed (nothing changed)", value=usage.pass_failures
+    )
 
 
 class Metrics:

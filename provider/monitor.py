@@ -35,32 +35,20 @@ async def monitor_loop(sync: Synchronizer, interval: float, max_interval: float)
         await asyncio.sleep(delay)
 
 
-class OutboxSender:
-    """Sends queued updates to Core, oldest first, and keeps them until Core has them."""
+class RetryingDrainer:
+    """Drains a durable queue for Core: when woken, and with exponential back-off (and jitter) while
+    Core fails, so an outage never becomes a storm of requests. Subclasses say what one drain is."""
+
+    name = "drainer"
 
     def __init__(
-        self,
-        store: Store,
-        client: CoreClient,
-        *,
-        batch: int = 100,
-        min_backoff: float = 1.0,
-        max_backoff: float = 60.0,
-        jitter: Callable[[], float] = random.random,
+        self, *, min_backoff: float = 1.0, max_backoff: float = 60.0, jitter: Callable[[], float] = random.random
     ) -> None:
-        self._store = store
-        self._client = client
-        self._batch = batch
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._jitter = jitter
         self._wake = asyncio.Event()
-        self._singles = False  # after an unexplained 404, send one at a time to find the refused job
         self._stopping = False
-        self.sent = 0
-        self.dropped = 0
-        self.failures = 0
-        self.last_error = ""  # why the latest request to Core failed ("" = it worked, or none was needed)
 
     def wake(self) -> None:
         self._wake.set()
@@ -71,13 +59,17 @@ class OutboxSender:
         self._stopping = True
         self._wake.set()
 
+    async def drain(self) -> bool:
+        """Send until the queue is empty (True) or Core fails (False)."""
+        raise NotImplementedError
+
     async def run(self) -> None:
         backoff = self._min_backoff
         while not self._stopping:
             try:
                 progressed = await self.drain()
             except Exception:  # the store failing must not kill the sender
-                log.exception("outbox.crashed")
+                log.exception(f"{self.name}.crashed")
                 progressed = False
             if self._stopping:
                 return
@@ -93,6 +85,32 @@ class OutboxSender:
             except TimeoutError:
                 pass
             self._wake.clear()
+
+
+class OutboxSender(RetryingDrainer):
+    """Sends queued updates to Core, oldest first, and keeps them until Core has them."""
+
+    name = "outbox"
+
+    def __init__(
+        self,
+        store: Store,
+        client: CoreClient,
+        *,
+        batch: int = 100,
+        min_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__(min_backoff=min_backoff, max_backoff=max_backoff, jitter=jitter)
+        self._store = store
+        self._client = client
+        self._batch = batch
+        self._singles = False  # after an unexplained 404, send one at a time to find the refused job
+        self.sent = 0
+        self.dropped = 0
+        self.failures = 0
+        self.last_error = ""  # why the latest request to Core failed ("" = it worked, or none was needed)
 
     async def drain(self) -> bool:
         """Send until the outbox is empty (True) or Core fails (False)."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provider.accounting import JobUsage, Owner, TotalChange, UsageSubject, next_total
 from provider.reconcile import Decision, TrackedJob
 from provider.ucloud.models import FINAL_STATES, JobState, JobUpdate
 
@@ -59,6 +60,56 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             attempts    INTEGER NOT NULL
         )""",
         "CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)",
+    ),
+    (  # 3: usage accounting
+        # usage_meta.epoch: a random id made once per database; it names the scope of every usage report,
+        #   so a lost database starts new scopes at 0 in Core instead of lowering the old ones.
+        # usage_jobs: whom each job charges and what it has used so far (resource-seconds, never
+        #   decreasing); final = sacct's last word is in (the job is never asked about again).
+        # usage_totals: the absolute total per (owner, category) and what Core last answered for it.
+        # usage_outbox: the latest total still to be sent, one row per (owner, category): a newer absolute
+        #   total replaces an older one waiting.
+        """CREATE TABLE usage_meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )""",
+        "INSERT OR IGNORE INTO usage_meta (key, value) VALUES ('epoch', lower(hex(randomblob(8))))",
+        """CREATE TABLE usage_jobs (
+            ucloud_id        TEXT PRIMARY KEY,
+            owner_type       TEXT NOT NULL,
+            owner            TEXT NOT NULL,
+            category         TEXT NOT NULL,
+            product          TEXT NOT NULL,
+            elapsed_s        INTEGER NOT NULL DEFAULT 0,
+            resource_seconds INTEGER NOT NULL DEFAULT 0,
+            final            INTEGER NOT NULL DEFAULT 0,
+            held_since       INTEGER,
+            updated_at       INTEGER NOT NULL
+        )""",
+        "CREATE INDEX usage_jobs_open ON usage_jobs (final)",
+        "CREATE INDEX usage_jobs_by_owner ON usage_jobs (owner_type, owner, category)",
+        """CREATE TABLE usage_totals (
+            owner_type     TEXT NOT NULL,
+            owner          TEXT NOT NULL,
+            category       TEXT NOT NULL,
+            total          INTEGER NOT NULL,
+            computed_at    INTEGER NOT NULL,
+            reported_total INTEGER,
+            reported_at    INTEGER,
+            core_answer    TEXT,
+            answered_at    INTEGER,
+            PRIMARY KEY (owner_type, owner, category)
+        )""",
+        """CREATE TABLE usage_outbox (
+            owner_type TEXT NOT NULL,
+            owner      TEXT NOT NULL,
+            category   TEXT NOT NULL,
+            total      INTEGER NOT NULL,
+            queued_at  INTEGER NOT NULL,
+            attempts   INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (owner_type, owner, category)
+        )""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -171,8 +222,10 @@ class Store:
         state: JobState = JobState.IN_QUEUE,
         unix_user: str | None = None,
         updates: Iterable[JobUpdate] = (),
+        charges: UsageSubject | None = None,
     ) -> TrackedJob:
-        """Start tracking a job, and queue ``updates`` for Core in the same transaction."""
+        """Start tracking a job, and queue ``updates`` for Core in the same transaction; ``charges``
+        records (in the same transaction) whom the job's usage is charged to."""
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM jobs WHERE ucloud_id = ?", (ucloud_id,)).fetchone():
                 raise StoreError(f"UCloud job {ucloud_id} is already tracked")
@@ -195,6 +248,12 @@ class Store:
             # A first attempt is settled by this commit. After earlier attempts that were refused, one of
             # them may still have a Slurm job under this name: the sweeper keeps watching for it.
             db.execute("DELETE FROM intents WHERE ucloud_id = ? AND attempts <= 1", (ucloud_id,))
+            if charges is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO usage_jobs (ucloud_id, owner_type, owner, category, product, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (ucloud_id, charges.owner.kind, charges.owner.reference, charges.category, charges.product, now),
+                )
         return TrackedJob(ucloud_id, slurm_id, cluster, expected_name, submitted_at, state, unix_user=unix_user)
 
     def untrack(self, ucloud_id: str) -> bool:
@@ -327,6 +386,194 @@ class Store:
     def outbox_stats(self) -> OutboxStats:
         row = self._query("SELECT COUNT(*) AS depth, MIN(created_at) AS oldest FROM outbox")[0]
         return OutboxStats(row["depth"], row["oldest"])
+
+    # -- usage accounting ----------------------------------------------------------------------------
+
+    def usage_epoch(self) -> str:
+        return str(self._query("SELECT value FROM usage_meta WHERE key = 'epoch'")[0]["value"])
+
+    def usage_open(self) -> list[tuple[JobUsage, bool]]:
+        """Every job whose usage may still grow, with whether the job map holds it as finished."""
+        rows = self._query(
+            "SELECT u.*, j.slurm_id, j.expected_name, j.state FROM usage_jobs u JOIN jobs j USING (ucloud_id)"
+            " WHERE u.final = 0"
+        )
+        return [(_usage(r), r["state"] in _FINAL) for r in rows]
+
+    def usage_apply(
+        self,
+        changed: Iterable[JobUsage],
+        total_of: Callable[[str, list[tuple[str, int]]], int | None],
+        now: int,
+    ) -> list[UsageTotalChange]:
+        """Store jobs' new usage and, in the same transaction, the new totals of their (owner, category)
+        and the reports for Core. ``total_of(category, [(product, resource-seconds), ...])`` prices a
+        total (None: the category is not configured, nothing is reported)."""
+        changes: list[UsageTotalChange] = []
+        with self._transaction() as db:
+            touched: dict[tuple[str, str, str], None] = {}
+            for job in changed:
+                db.execute(
+                    "UPDATE usage_jobs SET elapsed_s = ?, resource_seconds = ?, final = ?, held_since = ?,"
+                    " updated_at = ? WHERE ucloud_id = ?",
+                    (job.elapsed_seconds, job.resource_seconds, int(job.final), job.held_since, now, job.ucloud_id),
+                )
+                touched[(job.owner.kind, job.owner.reference, job.category)] = None
+            for kind, reference, category in touched:
+                sums = db.execute(
+                    "SELECT product, SUM(resource_seconds) AS rs FROM usage_jobs"
+                    " WHERE owner_type = ? AND owner = ? AND category = ? GROUP BY product",
+                    (kind, reference, category),
+                ).fetchall()
+                computed = total_of(category, [(r["product"], int(r["rs"])) for r in sums])
+                if computed is None:
+                    continue
+                row = db.execute(
+                    "SELECT total FROM usage_totals WHERE owner_type = ? AND owner = ? AND category = ?",
+                    (kind, reference, category),
+                ).fetchone()
+                change = next_total(row["total"] if row else None, computed)
+                owner = Owner(kind, reference)
+                changes.append(UsageTotalChange(owner, category, change, computed))
+                if not change.changed:
+                    continue
+                db.execute(
+                    "INSERT INTO usage_totals (owner_type, owner, category, total, computed_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (owner_type, owner, category) DO UPDATE SET total = excluded.total,"
+                    " computed_at = excluded.computed_at",
+                    (kind, reference, category, change.total, now),
+                )
+                db.execute(
+                    "INSERT INTO usage_outbox (owner_type, owner, category, total, queued_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (owner_type, owner, category) DO UPDATE SET total = excluded.total",
+                    (kind, reference, category, change.total, now),
+                )
+        return changes
+
+    def usage_requeue_refused(self, answered_before: int, now: int) -> int:
+        """Queue again the totals Core refused before ``answered_before`` (a category registered only
+        later, an owner Core did not know yet): a refusal must not lose a finished owner's usage."""
+        with self._transaction() as db:
+            return db.execute(
+                "INSERT OR IGNORE INTO usage_outbox (owner_type, owner, category, total, queued_at)"
+                " SELECT owner_type, owner, category, total, ? FROM usage_totals"
+                " WHERE core_answer LIKE 'refused%' AND answered_at < ?",
+                (now, answered_before),
+            ).rowcount
+
+    def usage_outbox_peek(self, limit: int) -> list[PendingUsage]:
+        rows = self._query("SELECT * FROM usage_outbox ORDER BY queued_at, owner_type, owner, category LIMIT ?", (limit,))
+        return [
+            PendingUsage(Owner(r["owner_type"], r["owner"]), r["category"], r["total"], r["queued_at"], r["attempts"])
+            for r in rows
+        ]
+
+    def usage_answered(self, answers: Iterable[tuple[PendingUsage, str]], now: int) -> None:
+        """Core took these reports (``"true"``/``"false"``) or refused them for good (``"refused: <why>"``).
+        A report is done unless a newer total replaced it meanwhile."""
+        with self._transaction() as db:
+            for report, answer in answers:
+                key = (report.owner.kind, report.owner.reference, report.category)
+                if answer.startswith("refused"):
+                    db.execute(
+                        "UPDATE usage_totals SET core_answer = ?, answered_at = ?"
+                        " WHERE owner_type = ? AND owner = ? AND category = ?",
+                        (answer[:1000], now, *key),
+                    )
+                else:
+                    db.execute(
+                        "UPDATE usage_totals SET reported_total = ?, reported_at = ?, core_answer = ?, answered_at = ?"
+                        " WHERE owner_type = ? AND owner = ? AND category = ?",
+                        (report.total, now, answer, now, *key),
+                    )
+                db.execute(
+                    "DELETE FROM usage_outbox WHERE owner_type = ? AND owner = ? AND category = ? AND total = ?",
+                    (*key, report.total),
+                )
+
+    def usage_failed(self, reports: Iterable[PendingUsage], error: str) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE usage_outbox SET attempts = attempts + 1, last_error = ?"
+                " WHERE owner_type = ? AND owner = ? AND category = ?",
+                [(error[:1000], r.owner.kind, r.owner.reference, r.category) for r in reports],
+            )
+
+    def usage_totals(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """Per (owner, category): the total, what Core was last sent and answered, and what waits."""
+        sql = (
+            "SELECT t.*, o.total AS pending_total, o.attempts, o.last_error,"
+            " (SELECT COUNT(*) FROM usage_jobs u WHERE u.owner_type = t.owner_type AND u.owner = t.owner"
+            "  AND u.category = t.category) AS jobs"
+            " FROM usage_totals t LEFT JOIN usage_outbox o USING (owner_type, owner, category)"
+        )
+        params: tuple[Any, ...] = ()
+        if owner is not None:
+            sql += " WHERE t.owner = ?"
+            params = (owner,)
+        return [dict(r) for r in self._query(sql + " ORDER BY t.owner_type, t.owner, t.category", params)]
+
+    def usage_stats(self) -> UsageStats:
+        pending = self._query("SELECT COUNT(*) AS n, MIN(queued_at) AS oldest FROM usage_outbox")[0]
+        exhausted = self._query("SELECT COUNT(*) AS n FROM usage_totals WHERE core_answer = 'false'")[0]["n"]
+        reported = {
+            r["category"]: int(r["s"] or 0)
+            for r in self._query("SELECT category, SUM(reported_total) AS s FROM usage_totals GROUP BY category")
+        }
+        open_jobs = self._query("SELECT COUNT(*) AS n FROM usage_jobs WHERE final = 0")[0]["n"]
+        return UsageStats(pending["n"], pending["oldest"], exhausted, reported, open_jobs)
+
+    def usage_active_jobs(self, owner: Owner, category: str) -> list[TrackedJob]:
+        """The owner's jobs of this category that the job map holds as not finished."""
+        rows = self._query(
+            "SELECT j.* FROM jobs j JOIN usage_jobs u USING (ucloud_id) WHERE u.owner_type = ? AND u.owner = ?"
+            " AND u.category = ? AND j.state NOT IN (?, ?, ?)",
+            (owner.kind, owner.reference, category, *_FINAL),
+        )
+        return [_job(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class UsageTotalChange:
+    owner: Owner
+    category: str
+    change: TotalChange
+    computed: int
+
+
+@dataclass(frozen=True)
+class PendingUsage:
+    """A total waiting to be reported to Core."""
+
+    owner: Owner
+    category: str
+    total: int
+    queued_at: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class UsageStats:
+    pending: int
+    oldest_queued_at: int | None
+    exhausted: int  # (owner, category) pairs whose last answer from Core was false
+    reported_by_category: dict[str, int]
+    open_jobs: int
+
+
+def _usage(row: sqlite3.Row) -> JobUsage:
+    return JobUsage(
+        ucloud_id=row["ucloud_id"],
+        slurm_id=row["slurm_id"],
+        expected_name=row["expected_name"],
+        owner=Owner(row["owner_type"], row["owner"]),
+        category=row["category"],
+        product=row["product"],
+        elapsed_seconds=row["elapsed_s"],
+        resource_seconds=row["resource_seconds"],
+        final=bool(row["final"]),
+        held_since=row["held_since"],
+    )
 
 
 def _intent(row: sqlite3.Row) -> Intent:

@@ -19,14 +19,30 @@ import structlog
 from aiohttp import web
 
 from provider.api import ApiError, add_routes, error_response
-from provider.appkeys import BACKEND, CLAIMS, CORE, JOBS, METRICS, SENDER, SETTINGS, STORE, SWEEPER, SYNC, TASKS, VERIFIER
+from provider.appkeys import (
+    BACKEND,
+    CLAIMS,
+    CORE,
+    JOBS,
+    METRICS,
+    SENDER,
+    SETTINGS,
+    STORE,
+    SWEEPER,
+    SYNC,
+    TASKS,
+    USAGE_METER,
+    USAGE_SENDER,
+    VERIFIER,
+)
 from provider.config import Settings, read_refresh_token
 from provider.edge import LIMITS, Refused, RequestLimits, check_username_header
 from provider.jobs import JobService, SlurmUnavailable
-from provider.metrics import Metrics, Snapshot
+from provider.metrics import Metrics, Snapshot, UsageSnapshot
 from provider.monitor import OutboxSender, monitor_loop
 from provider.reconcile import DebounceRules
 from provider.slurm.backend import SlurmBackend
+from provider.slurm.commands import CommandBackend
 from provider.slurm.control import SlurmControl
 from provider.slurm.select import close_backend, open_backend
 from provider.slurm.states import StateTable
@@ -36,6 +52,7 @@ from provider.sweeper import Sweeper, SweepRules
 from provider.sync import PassTimings, Synchronizer, now_ms
 from provider.ucloud.auth import TokenVerifier, Unauthorized, load_public_key
 from provider.ucloud.core import CoreClient
+from provider.usage import UsageMeter, UsageSender, cancel_owner_jobs, usage_loop
 
 log = structlog.get_logger(__name__)
 
@@ -159,6 +176,27 @@ def snapshot(app: web.Application) -> Snapshot | None:
         update_failures=app[SENDER].failures,
         token_refreshes=app[CORE].refreshes,
         passes=app[SYNC].passes,
+        usage=usage_snapshot(app),
+    )
+
+
+def usage_snapshot(app: web.Application) -> UsageSnapshot | None:
+    if USAGE_METER not in app or USAGE_SENDER not in app:
+        return None
+    stats = app[STORE].usage_stats()
+    meter, sender = app[USAGE_METER], app[USAGE_SENDER]
+    return UsageSnapshot(
+        reported_by_category=stats.reported_by_category,
+        pending=stats.pending,
+        pending_oldest_age_seconds=max(0.0, (now_ms() - stats.oldest_queued_at) / 1000) if stats.oldest_queued_at else 0.0,
+        open_jobs=stats.open_jobs,
+        exhausted_owners=stats.exhausted,
+        reports_sent=sender.sent,
+        reports_refused=sender.refused,
+        exhausted_answers=sender.exhausted_answers,
+        request_failures=sender.failures,
+        passes=meter.passes,
+        pass_failures=meter.failures,
     )
 
 
@@ -261,7 +299,51 @@ def make_app(
             # the outbox before the sender's last drain.
             await sync.flush(timeout=10)
 
-    app.cleanup_ctx.extend([backend_ctx, store_ctx, core_ctx, sync_ctx])
+    async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
+        """Usage accounting: the pass loop (sacct) and the sender of totals to Core."""
+        acc = settings.accounting
+        if not acc.enabled:
+            log.info("usage.disabled")
+            yield
+            return
+        # Accounting always reads sacct's text (the command backend), whichever backend follows states.
+        followed = app[BACKEND]
+        if isinstance(followed, CommandBackend):
+            sacct = followed
+        else:
+            sacct = CommandBackend(
+                slurm_conf=settings.slurm.conf or None, timeout=settings.slurm.query_timeout, bin_dir=settings.slurm.bin_dir
+            )
+            sacct.observer = app[METRICS].observe_slurm
+        policy = None
+        if acc.on_exhausted == "cancel":
+            control = SlurmControl(slurm_conf=settings.slurm.conf or None, bin_dir=settings.slurm.bin_dir)
+            policy = cancel_owner_jobs(app[STORE], app[BACKEND], control)
+        sender = UsageSender(
+            app[STORE],
+            app[CORE],
+            settings.provider.id,
+            batch=acc.batch,
+            clock=clock,
+            on_exhausted=policy,
+            max_backoff=settings.reconcile.outbox_max_backoff,
+        )
+        meter = UsageMeter(
+            app[STORE],
+            sacct,
+            lambda: app[JOBS].settings.products,  # SIGHUP reloads products
+            give_up_ms=int(acc.give_up_after * 1000),
+            clock=clock,
+            on_queued=sender.wake,
+        )
+        app[USAGE_SENDER], app[USAGE_METER] = sender, meter
+        async with background(sender.run(), "usage_sender", app[TASKS]):
+            async with background(usage_loop(meter, acc.interval), "usage", app[TASKS]):
+                yield
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(sender.drain(), timeout=5)
+
+    app.cleanup_ctx.extend([backend_ctx, store_ctx, core_ctx, sync_ctx, usage_ctx])
     add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -3,18 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import structlog
 
 from provider.slurm.backend import QueryBook
-from provider.slurm.parse import SACCT_FIELDS, SQUEUE_FIELDS, UNIT_SEPARATOR, ParseError, parse_sacct, parse_squeue
+from provider.accounting import UsageRecord
+from provider.slurm.parse import (
+    SACCT_FIELDS,
+    SACCT_USAGE_FIELDS,
+    SQUEUE_FIELDS,
+    UNIT_SEPARATOR,
+    ParseError,
+    parse_sacct,
+    parse_sacct_usage,
+    parse_squeue,
+)
 from provider.slurm.process import CommandTimeout, SlurmTools
 from provider.slurm.types import QueryResult, SlurmJob, is_valid_slurm_id
 
 log = structlog.get_logger(__name__)
 
-# sacct takes the ids on its command line; stay far below the kernel's argument limit.
-SACCT_IDS_PER_CALL = 5000
+# sacct takes the ids in one argument (--jobs=a,b,...), and Linux caps one argument at 128 KiB
+# (MAX_ARG_STRLEN): one call holds up to 100,000 characters of ids, some 14,000 seven-digit ids.
+SACCT_ID_CHARS_PER_CALL = 100_000
+
+
+def id_chunks(ids: Sequence[str], limit: int = SACCT_ID_CHARS_PER_CALL) -> list[list[str]]:
+    """The ids in as few sacct calls as the argument limit allows: one, unless there are very many."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    length = 0
+    for slurm_id in ids:
+        if current and length + len(slurm_id) + 1 > limit:
+            chunks.append(current)
+            current, length = [], 0
+        current.append(slurm_id)
+        length += len(slurm_id) + 1
+    if current:
+        chunks.append(current)
+    return chunks
+
+Row = TypeVar("Row")
 
 
 def squeue_args() -> list[str]:
@@ -45,6 +75,19 @@ def sacct_argv(slurm_ids: Sequence[str], sacct: str = "sacct") -> list[str]:
     return [sacct, *sacct_args(slurm_ids)]
 
 
+def sacct_usage_args(slurm_ids: Sequence[str]) -> list[str]:
+    """Elapsed seconds and allocated resources of the given ids (allocation rows, any user, any time)."""
+    return [
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        "--allusers",
+        f"--delimiter={UNIT_SEPARATOR}",
+        "--format=" + ",".join(SACCT_USAGE_FIELDS),
+        "--jobs=" + ",".join(slurm_ids),
+    ]
+
+
 class CommandBackend(QueryBook):
     """Queries Slurm through its command-line tools under a timeout.
 
@@ -61,16 +104,17 @@ class CommandBackend(QueryBook):
         self.accounting_disabled = False
 
     async def _query(
-        self, command: str, args: list[str], parse: Callable[[str], list[SlurmJob]]
-    ) -> list[SlurmJob] | str:
-        """The jobs the command listed, or a sentence saying why its answer means nothing."""
-        return await self.counted(command, lambda: self._run_and_parse(command, args, parse))
+        self, command: str, args: list[str], parse: Callable[[str], list[Row]], *, tool: str = ""
+    ) -> list[Row] | str:
+        """The rows the command listed, or a sentence saying why its answer means nothing. ``command`` names
+        the query in the counters; ``tool`` is the Slurm program that runs it (``command`` if empty)."""
+        return await self.counted(command, lambda: self._run_and_parse(command, tool or command, args, parse))
 
     async def _run_and_parse(
-        self, command: str, args: list[str], parse: Callable[[str], list[SlurmJob]]
-    ) -> list[SlurmJob] | str:
+        self, command: str, tool: str, args: list[str], parse: Callable[[str], list[Row]]
+    ) -> list[Row] | str:
         try:
-            result = await self._tools.run(command, args)
+            result = await self._tools.run(tool, args)
         except CommandTimeout as exc:
             log.warning("slurm.query_timeout", command=command, timeout=self._timeout)
             return str(exc)
@@ -78,7 +122,7 @@ class CommandBackend(QueryBook):
             log.error("slurm.query_not_started", command=command, error=str(exc))
             return f"{command} could not be started: {exc}"
         log.debug("slurm.query", command=command, rc=result.returncode, seconds=round(result.seconds, 3))
-        if command == "sacct" and "accounting storage is disabled" in result.stderr.lower():
+        if command.startswith("sacct") and "accounting storage is disabled" in result.stderr.lower():
             # No slurmdbd: nothing to ask. The missing-job verdict rests on the debounce alone.
             if not self.accounting_disabled:
                 log.warning("slurm.accounting_disabled", detail=result.stderr.strip())
@@ -100,10 +144,26 @@ class CommandBackend(QueryBook):
     async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
         ids = sorted({i for i in slurm_ids if is_valid_slurm_id(i)})
         found: list[SlurmJob] = []
-        for start in range(0, len(ids), SACCT_IDS_PER_CALL):
-            chunk = ids[start : start + SACCT_IDS_PER_CALL]
+        for chunk in id_chunks(ids):
             jobs = await self._query("sacct", sacct_args(chunk), parse_sacct)
             if isinstance(jobs, str):
                 return QueryResult.failed(jobs)
             found.extend(jobs)
         return QueryResult.of(found)
+
+    async def usage_records(self, slurm_ids: Sequence[str]) -> dict[str, UsageRecord] | str:
+        """Usage accounting's one sacct a pass (ids split only beyond ``SACCT_ID_CHARS_PER_CALL``):
+        every record keyed by each id it answers to, or a sentence saying why the answer means nothing.
+        Counted as the command ``sacct_usage``."""
+        ids = sorted({i for i in slurm_ids if is_valid_slurm_id(i)})
+        found: dict[str, UsageRecord] = {}
+        for chunk in id_chunks(ids):
+            records = await self._query("sacct_usage", sacct_usage_args(chunk), parse_sacct_usage, tool="sacct")
+            if isinstance(records, str):
+                return records
+            if self.accounting_disabled:
+                return "Slurm has no accounting storage (slurmdbd): usage cannot be counted"
+            for record in records:
+                for key in record.keys:
+                    found.setdefault(key, record)
+        return found

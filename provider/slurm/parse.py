@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from provider.accounting import Allocation, UsageRecord
 from provider.slurm.types import ExitStatus, SlurmJob, parse_state
 
 UNIT_SEPARATOR = "\x1f"
@@ -38,6 +39,17 @@ SACCT_FIELDS: tuple[str, ...] = (
     "Elapsed",
     "Timelimit",
     "Comment",
+)
+
+# What usage accounting asks sacct: elapsed seconds and the allocated resources of each job.
+SACCT_USAGE_FIELDS: tuple[str, ...] = (
+    "JobIDRaw",
+    "JobID",
+    "State",
+    "ElapsedRaw",
+    "AllocTRES",
+    "ReqTRES",
+    "JobName",
 )
 
 _ARRAY_DISPLAY_ID = re.compile(r"^(\d+)_(\d+)$")
@@ -111,3 +123,85 @@ def parse_sacct(text: str, fields: Sequence[str] = SACCT_FIELDS, sep: str = UNIT
             )
         )
     return jobs
+
+
+_MEMORY_SUFFIX_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024, "P": 1024**3}
+
+
+def _memory_mb(value: str) -> int:
+    """A TRES memory amount (``2000M``, ``1.50G``, a bare number of MB) in whole MB."""
+    value = value.strip().upper()
+    factor = _MEMORY_SUFFIX_MB.get(value[-1:], None)
+    number = value[:-1] if factor is not None else value
+    try:
+        return int(float(number) * (factor or 1))
+    except ValueError:
+        raise ParseError(f"a TRES memory amount is not a number: {value!r}") from None
+
+
+def parse_tres(text: str) -> dict[str, str]:
+    """``billing=2,cpu=2,gres/gpu=1,mem=2000M,node=1`` -> ``{"cpu": "2", "gres/gpu": "1", ...}``."""
+    pairs: dict[str, str] = {}
+    for item in text.strip().split(","):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ParseError(f"a TRES entry is not name=value: {item!r}")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
+def allocation_from_tres(alloc_tres: str, req_tres: str = "") -> Allocation:
+    """What Slurm allocated. Memory comes from AllocTRES, or from ReqTRES where Slurm does not
+    allocate memory as a resource (``SelectTypeParameters=CR_Core``: AllocTRES then has no ``mem``).
+    GPUs are ``gres/gpu`` (typed ``gres/gpu:a100`` entries are counted only through the untyped total).
+    """
+    alloc = parse_tres(alloc_tres)
+    requested = parse_tres(req_tres) if req_tres.strip() else {}
+
+    def count(name: str, source: dict[str, str]) -> int:
+        value = source.get(name, "0")
+        try:
+            return int(value)
+        except ValueError:
+            raise ParseError(f"TRES {name}={value!r} is not a whole number") from None
+
+    memory = alloc.get("mem") or requested.get("mem") or "0"
+    return Allocation(
+        cpus=count("cpu", alloc),
+        memory_mb=_memory_mb(memory),
+        gpus=count("gres/gpu", alloc),
+        nodes=count("node", alloc),
+    )
+
+
+def parse_sacct_usage(
+    text: str, fields: Sequence[str] = SACCT_USAGE_FIELDS, sep: str = UNIT_SEPARATOR
+) -> list[UsageRecord]:
+    """Parse ``sacct -n -P -X --delimiter=<sep> -o <SACCT_USAGE_FIELDS>``: one allocation row per job.
+
+    A pending job has an empty AllocTRES and ElapsedRaw 0: it has used nothing yet.
+    """
+    records = []
+    for row in _rows(text, fields, sep):
+        raw_id = row["JobIDRaw"].strip()
+        if not raw_id.isdigit():
+            continue  # a step row (only without -X)
+        elapsed_text = row["ElapsedRaw"].strip() or "0"
+        if not elapsed_text.isdigit():
+            raise ParseError(f"sacct printed an ElapsedRaw that is not a number: {elapsed_text!r}")
+        display = row.get("JobID", "").strip()
+        array = _ARRAY_DISPLAY_ID.match(display)
+        keys = (raw_id, f"{array.group(1)}_{array.group(2)}") if array else (raw_id,)
+        records.append(
+            UsageRecord(
+                job_id=raw_id,
+                name=row.get("JobName", ""),
+                state=parse_state(row["State"]),
+                elapsed_seconds=int(elapsed_text),
+                allocation=allocation_from_tres(row["AllocTRES"], row.get("ReqTRES", "")),
+                keys=keys,
+            )
+        )
+    return records

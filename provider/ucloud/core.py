@@ -119,6 +119,82 @@ class CoreClient:
             return PushResult(False, error=f"{status}: {why}")
         return PushResult(False, error="unauthorized after a token refresh")
 
+    async def call(
+        self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """One authorised call to Core: ``(status, decoded body)``, with one token refresh on a 401.
+
+        Raises ``CoreUnavailable`` when Core cannot be reached or no token can be had.
+        """
+        for attempt in (1, 2):
+            token = await self.access_token(force=attempt == 2)
+            try:
+                async with self._session.request(
+                    method,
+                    f"{self._base}{path}",
+                    json=body,
+                    params=params,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=self._timeout,
+                ) as resp:
+                    payload = await _json(resp)
+                    status = resp.status
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise CoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+            if status == 401 and attempt == 1:
+                log.info("core.unauthorized_retry")
+                continue
+            return status, payload
+        return 401, {"why": "unauthorized after a token refresh"}
+
+    async def report_usage(self, items: Sequence[dict[str, Any]]) -> UsageAnswer:
+        """``POST /api/accounting/v2/reportUsage``: one bool per item (False: the allocation is used up)."""
+        try:
+            status, payload = await self.call("POST", "/api/accounting/v2/reportUsage", body={"items": list(items)})
+        except CoreUnavailable as exc:
+            return UsageAnswer(None, 0, str(exc))
+        if 200 <= status < 300:
+            answers = payload.get("responses") if isinstance(payload, dict) else None
+            if (
+                not isinstance(answers, list)
+                or len(answers) != len(items)
+                or not all(isinstance(a, bool) for a in answers)
+            ):
+                return UsageAnswer(None, 502, f"Core's answer does not have one boolean per report: {str(payload)[:200]}")
+            return UsageAnswer(answers, status)
+        return UsageAnswer(None, status, f"{status}: {_why(payload)}")
+
+    async def create_products(self, products: Sequence[dict[str, Any]]) -> tuple[int, str]:
+        """``POST /api/products/v2`` with ``{"items": products}``: (status, why)."""
+        status, payload = await self.call("POST", "/api/products/v2", body={"items": list(products)})
+        return status, "" if 200 <= status < 300 else _why(payload)
+
+    async def browse_products(self, provider_id: str, *, per_page: int = 250) -> list[dict[str, Any]]:
+        """Every product Core has for this provider (``GET /api/products/v2/browse``, page by page)."""
+        products: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params = {"itemsPerPage": str(per_page), "filterProvider": provider_id}
+            if cursor:
+                params["next"] = cursor
+            status, payload = await self.call("GET", "/api/products/v2/browse", params=params)
+            if status != 200 or not isinstance(payload, dict):
+                raise CoreUnavailable(f"products browse answered {status}: {_why(payload)}")
+            products.extend(payload.get("items") or [])
+            cursor = payload.get("next")
+            if not cursor:
+                return products
+
+
+@dataclass(frozen=True)
+class UsageAnswer:
+    """Core's answer to one reportUsage request: one bool per item, or the status and why it failed
+    (status 0: Core was not reached)."""
+
+    answers: list[bool] | None
+    status: int
+    error: str = ""
+
 
 async def _json(resp: aiohttp.ClientResponse) -> Any:
     text = await resp.text()

@@ -26,6 +26,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from provider.ucloud.devcore_accounting import DevAccounting, add_accounting_routes
+
 log = structlog.get_logger(__name__)
 
 ISSUER = "cloud.sdu.dk"
@@ -146,6 +148,10 @@ class DevCore:
     fail_with: int | None = None  # answer every update with this status (Core down or broken)
     revoked_before: int | None = None  # access tokens issued before this Unix time get 401
     access_lifetime: int = TOKEN_LIFETIME
+    accounting: DevAccounting = field(init=False)  # products and wallets (provider/ucloud/devcore_accounting.py)
+
+    def __post_init__(self) -> None:
+        self.accounting = DevAccounting(self.provider_id)
 
     @property
     def updates(self) -> list[dict[str, Any]]:
@@ -166,6 +172,7 @@ class DevCore:
         app.router.add_post("/api/jobs/control/update", self._update)
         app.router.add_get("/dev/updates", self._dump_updates)
         app.router.add_get("/dev/jobs", self._dump_jobs)
+        add_accounting_routes(app, self.accounting, self.keys.private_key.public_key())
         return app
 
     async def _refresh(self, request: web.Request) -> web.Response:
