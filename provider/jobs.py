@@ -105,7 +105,10 @@ class JobService:
             provider_id=s.provider.id,
             username=username,
             sbatch=(s.slurm.bin_dir.rstrip("/") + "/sbatch") if s.slurm.bin_dir else "sbatch",
+            files=s.files.paths,
         )
+        if plan.ignored_parameters:  # Core's own, or not declared in [applications.parameters]
+            log.info("job.parameters_ignored", ucloud_id=job.id, names=list(plan.ignored_parameters))
         script = await asyncio.to_thread(prepare_folder, plan)
         try:
             slurm_id = await self._control.submit(
