@@ -295,10 +295,12 @@ CALLS: dict[str, dict[str, Any]] = {
 }
 
 # Types the tests decode with, besides every call's response: what Core decodes our updates into
-# (JobsControlUpdate's request) and the error body Core reads (rpc/client.go commonErrorMessage).
+# (JobsControlAddUpdate's request), the error body UCloud's servers write (util.HttpError), and the part
+# of it Core's client reads (rpc/client.go commonErrorMessage: why, and statusCode to trust it).
 EXTRA_TYPES = {
     "update request": "orchestrators.JobsControlAddUpdate",
-    "error body": "rpc.commonErrorMessage",
+    "error body": "util.HttpError",
+    "error read by core": "rpc.commonErrorMessage",
 }
 
 
@@ -327,17 +329,6 @@ def prepare(go: GoJson, body: Any) -> Any:
     return body
 
 
-def with_unknown_keys(value: Any, depth: int = 0) -> Any:
-    """The same JSON with a key Go has never heard of in every object (Go's decoder ignores them)."""
-    if isinstance(value, dict):
-        out = {k: with_unknown_keys(v, depth + 1) for k, v in value.items()}
-        out[UNKNOWN_KEY] = {"level": depth, "note": "added by tests/conformance/generate.py", "list": [1, None]}
-        return out
-    if isinstance(value, list):
-        return [with_unknown_keys(v, depth + 1) for v in value]
-    return value
-
-
 def generate(packages: GoPackages, commit: str) -> dict[str, Any]:
     """Every file of tests/data/core-go, by name -> content."""
     files: dict[str, Any] = {}
@@ -364,8 +355,9 @@ def generate(packages: GoPackages, commit: str) -> dict[str, Any]:
             "response_type": str(call.response),
             "body": body,
         }
-        if body is not None:
-            files[f"calls/{name}.unknown-keys.json"] = with_unknown_keys(body)
+        if body is not None:  # the same values, and a field Go has never heard of in every struct
+            newer = GoJson(packages, unknown_key=UNKNOWN_KEY).encode(call.request, prepare(go, spec["body"]()))
+            files[f"calls/{name}.unknown-keys.json"] = newer
         files[f"calls/{name}.sources.json"] = dict(sorted(go.sources.items()))
     for label, qualified in EXTRA_TYPES.items():
         if qualified in packages.calls:

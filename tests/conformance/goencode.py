@@ -53,8 +53,9 @@ def _subst_field(f: Field, subst: dict[str, TypeExpr]) -> Field:
 class GoJson:
     """Encodes Python descriptions of Go values as Go would, and records which Go field each key comes from."""
 
-    def __init__(self, packages: GoPackages) -> None:
+    def __init__(self, packages: GoPackages, unknown_key: str | None = None) -> None:
         self.packages = packages
+        self.unknown_key = unknown_key  # if set, every struct gets this extra key (a newer Core's field)
         self.sources: dict[str, str] = {}  # JSON pointer ('*' = any list index or map key) -> Go field
 
     # -- what a type is ---------------------------------------------------------------------------
@@ -168,6 +169,8 @@ class GoJson:
                 continue
             out[p.json_name] = encoded
             self.sources[f"{pointer}/{_escape(p.json_name)}"] = f"{p.field.source} {p.field.go_name} {p.type}"
+        if self.unknown_key:
+            out[self.unknown_key] = {"depth": pointer.count("/"), "added by": "tests/conformance/generate.py"}
         return out
 
     # -- describing types (for the tests' decoder) -------------------------------------------------
