@@ -7,17 +7,19 @@ tests/conformance/generate.py; each answer is decoded against the Go type Core d
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
-import json
+import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from conftest import PROVIDER_ID, Harness, HarnessFactory, LocalSlurm, new_ucloud_id, wait_for
+from conftest import PROVIDER_ID, REPO, Harness, HarnessFactory, LocalSlurm, new_ucloud_id, wait_for
 from godecode import GoDecodeError, decode, load_call, load_types, load_unknown_keys_body
 from provider.ucloud.devcore import GO_JOB_UPDATE, LEGACY_NULL_KEYS, DevCore, WireError, _check_update_item, call_provider, go_json_bytes, job_body
 
@@ -314,3 +316,28 @@ async def test_go_cores_extend_raises_the_time_limit(
     assert any(u["newTimeAllocation"] == 90 * 60 * 1000 for u in updates)
     updates_decode_as_go_job_updates(h.core, ucloud_id)
     slurm.run("scancel", slurm_id, check=False)
+
+
+@pytest.mark.slurm
+async def test_the_demos_dev_core_create_sends_go_cores_body_and_the_job_runs(
+    slurm: LocalSlurm, make_harness: HarnessFactory, tmp_path: Path
+) -> None:
+    """What deploy/run-local.sh does, against the test cluster: ``dev-core create`` with the demo's
+    product and application, Go Core's full body including ``ucMetricSampleRate``."""
+    demo = tomllib.loads((REPO / "deploy" / "demo" / "provider.toml").read_text())
+    demo["applications"][0]["script"] = str(REPO / demo["applications"][0]["script"])
+    h = await make_harness(sections={**demo, "jobs": {"directory": str(tmp_path / "jobs")}}, interval=1, max_interval=2)
+    ucloud_id = new_ucloud_id()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "provider", "dev-core", "create", "--dir", str(h.keys.directory),
+        "--provider-url", str(h.client.make_url("")).rstrip("/"), "--job-id", ucloud_id,
+        "--app", "hello/1.0", "--param", "greeting=UCloud", "--int-param", "seconds=1", "--sample-rate", "250ms",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, (out, err)
+    assert out.decode().startswith(f"job {ucloud_id}: 200 ")
+    assert await final_state(h, ucloud_id) == "SUCCESS"
+    stdout = (tmp_path / "jobs" / ucloud_id / "stdout.txt").read_text()
+    assert "Hello, UCloud!" in stdout and "job-report sample rate: 250ms" in stdout
+    updates_decode_as_go_job_updates(h.core, ucloud_id)
