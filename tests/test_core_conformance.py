@@ -21,12 +21,23 @@ from aiohttp import web
 
 from conftest import PROVIDER_ID, REPO, Harness, HarnessFactory, LocalSlurm, new_ucloud_id, wait_for
 from godecode import GoDecodeError, decode, load_call, load_types, load_unknown_keys_body
-from provider.ucloud.devcore import GO_JOB_UPDATE, LEGACY_NULL_KEYS, DevCore, WireError, _check_update_item, call_provider, go_json_bytes, job_body
+from provider.ucloud.devcore import (
+    GO_JOB_UPDATE,
+    LEGACY_NULL_KEYS,
+    DevCore,
+    WireError,
+    call_provider,
+    check_update_item,
+    go_json_bytes,
+    job_body,
+)
 
 TYPES = load_types()
 USER = "donna#1234"
-CALLS = sorted(p.name.removesuffix(".json") for p in (Path(__file__).parent / "data" / "core-go" / "calls").glob("*.json")
-               if p.name.count(".") == 1)
+CALLS = sorted(
+    p.name.removesuffix(".json") for p in (Path(__file__).parent / "data" / "core-go" / "calls").glob("*.json")
+    if p.name.count(".") == 1  # not the .sources.json and .unknown-keys.json beside each
+)
 
 SCRIPT = """#!/bin/bash
 env | grep -E '^UCLOUD_' | sort > env.txt
@@ -116,12 +127,12 @@ def test_the_stand_in_core_checks_updates_against_gos_job_update() -> None:
 
     assert {name: kind(node) for name, node in go_fields.items()} == GO_JOB_UPDATE
     good = {"id": "1", "update": {"state": "RUNNING", "status": "s", "newMounts": None, "timestamp": 3}}
-    _check_update_item(good)
+    check_update_item(good)
     for bad in ({"state": "RUNNING", "timestamp": 1.0}, {"timestamp": None}, {"State": "RUNNING", "timestamp": 1},
                 {"newMounts": [], "timestamp": 1}, {"resourceList": {}, "timestamp": 1},
                 {"newTimeAllocation": True, "timestamp": 1}, {"state": "CANCELING", "timestamp": 1}):
         with pytest.raises(WireError):
-            _check_update_item({"id": "1", "update": bad})
+            check_update_item({"id": "1", "update": bad})
 
 
 async def test_requests_carry_cores_headers_exactly(aiohttp_server: Any, keys: Any) -> None:

@@ -221,7 +221,7 @@ class DevCore:
             return _error(self.fail_with, "Injected failure")
         raw = await request.read()
         try:
-            items = [_check_update_item(item) for item in _items(_json_object(raw))]
+            items = [check_update_item(item) for item in _items(_json_object(raw))]
         except WireError as exc:
             log.warning("devcore.rejected_body", why=str(exc))
             return _error(400, f"Invalid request supplied: {exc}")
@@ -286,7 +286,7 @@ def _exact_keys(obj: Any, keys: Iterable[str], where: str, *, optional: Iterable
         raise WireError(f"{where}: missing keys {sorted(missing)}, unexpected keys {sorted(extra)}")
 
 
-def _check_update_item(item: Any) -> dict[str, Any]:
+def check_update_item(item: Any) -> dict[str, Any]:
     """One ``{"id", "update"}`` checked against Go's ``ResourceUpdateAndId[JobUpdate]``, strictly: exact key
     names (Go would also take other spellings, and silently drop a misspelt key), Go's types, and the
     states Core knows."""
