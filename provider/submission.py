@@ -66,6 +66,14 @@ def find_application(applications: Sequence[ApplicationSection], job: Job) -> Ap
     return found
 
 
+# Parameters Core adds to every job by itself, undeclared by any application (core2/pkg/orchestrator/
+# job.go, JobCreate: ``ucMetricSampleRate`` is the user's job-report sample rate, "0ms" = off), and the
+# variable each reaches the script as.
+CORE_INJECTED = {"ucMetricSampleRate": "UCLOUD_METRIC_SAMPLE_RATE"}
+CORE_INJECTED_DEFAULTS = {"UCLOUD_METRIC_SAMPLE_RATE": "0ms"}
+_SAMPLE_RATE = re.compile(r"^[0-9]{1,9}ms$")
+
+
 # [applications.parameters] type -> UCloud's ApplicationParameterType. An enumeration has no options in
 # our settings, so the form offers it as text (Core checks both the same way: a text value).
 _FORM_TYPES = {
@@ -84,8 +92,8 @@ def dynamic_parameters(
 ) -> list[dict[str, Any]]:
     """The parameters this provider adds to an application's form on UCloud (``requestDynamicParameters``).
 
-    Those the admin declared for the application and UCloud's application lacks: without them Core
-    refuses such a parameter as unknown. UCloud's own declarations are never overridden (Core lets a
+    Those the admin declared for the application and UCloud's application lacks (but not Core's own,
+    which Core adds to every job): without them Core refuses such a parameter as unknown. UCloud's own declarations are never overridden (Core lets a
     dynamic parameter replace one of the same name). Each is an ``ApplicationParameter`` exactly as Go
     encodes it: every key present.
     """
@@ -111,7 +119,7 @@ def dynamic_parameters(
             "supportedModules": None,
         }
         for param, spec in app.parameters.items()
-        if param not in declared_by_ucloud
+        if param not in declared_by_ucloud and param not in CORE_INJECTED  # Core fills those in itself
     ]
 
 
@@ -159,14 +167,6 @@ def time_limit_seconds(job: Job, product: ProductSection) -> int:
             f"The requested time ({format_time(seconds)}) is longer than this product allows ({format_time(limit)})"
         )
     return seconds
-
-
-# Parameters Core adds to every job by itself, undeclared by any application (core2/pkg/orchestrator/
-# job.go, JobCreate: ``ucMetricSampleRate`` is the user's job-report sample rate, "0ms" = off), and the
-# variable each reaches the script as.
-CORE_INJECTED = {"ucMetricSampleRate": "UCLOUD_METRIC_SAMPLE_RATE"}
-CORE_INJECTED_DEFAULTS = {"UCLOUD_METRIC_SAMPLE_RATE": "0ms"}
-_SAMPLE_RATE = re.compile(r"^[0-9]{1,9}ms$")
 
 
 @dataclass(frozen=True)

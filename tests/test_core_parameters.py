@@ -154,3 +154,8 @@ def test_dynamic_parameters_are_what_the_admin_declared_and_ucloud_lacks() -> No
     assert [(p["name"], p["type"], p["optional"]) for p in offered] == [("input", "input_file", True)]
     assert dynamic_parameters([APP], "sim", "3.1", {"steps", "input"}) == []
     assert dynamic_parameters([APP], "other", "1", set()) == []
+    with_core_own = settings_from_dict(
+        {"applications": [{"name": "sim", "script": "/x.sh",
+                           "parameters": {"ucMetricSampleRate": {"type": "text", "optional": True}}}]}
+    ).applications
+    assert dynamic_parameters(with_core_own, "sim", "1", set()) == []  # Core adds it to every job itself
