@@ -93,9 +93,9 @@ def dynamic_parameters(
     """The parameters this provider adds to an application's form on UCloud (``requestDynamicParameters``).
 
     Those the admin declared for the application and UCloud's application lacks (but not Core's own,
-    which Core adds to every job): without them Core refuses such a parameter as unknown. UCloud's own declarations are never overridden (Core lets a
-    dynamic parameter replace one of the same name). Each is an ``ApplicationParameter`` exactly as Go
-    encodes it: every key present.
+    which Core adds to every job): without them Core refuses such a parameter as unknown. UCloud's
+    own declarations are never overridden (Core lets a dynamic parameter replace one of the same
+    name). Each is an ``ApplicationParameter`` exactly as Go encodes it: every key present.
     """
     app = match_application(applications, name, version)
     if app is None:
