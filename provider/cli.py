@@ -163,6 +163,9 @@ def check_files(settings: Settings) -> list[str]:
     parent = settings.store.path.parent
     if parent.exists() and not parent.is_dir():
         problems.append(f"[store] path: {parent} is not a directory")
+    for prefix, root in settings.files.paths.items():  # a typo here would refuse every job using the drive
+        if not root.is_dir():
+            problems.append(f'[files.paths] "{prefix}": {root} is not a directory on this host')
     return problems
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import os
+import subprocess
 import sys
 import time
 import tomllib
@@ -352,3 +354,30 @@ async def test_the_demos_dev_core_create_sends_go_cores_body_and_the_job_runs(
     stdout = (tmp_path / "jobs" / ucloud_id / "stdout.txt").read_text()
     assert "Hello, UCloud!" in stdout and "job-report sample rate: 250ms" in stdout
     updates_decode_as_go_job_updates(h.core, ucloud_id)
+
+
+def test_the_fixtures_are_from_the_pinned_commit() -> None:
+    generator = (REPO / "tests" / "conformance" / "generate.py").read_text()
+    assert f'PINNED_COMMIT = "{TYPES["commit"]}"' in generator
+
+
+def test_the_fixtures_are_what_the_generator_writes_today(tmp_path: Path) -> None:
+    """Where UCloud's source is at hand (UCLOUD_GIT_DIR, a bare clone): the committed fixtures are exactly
+    what the generator writes now, so no hand edit and no forgotten rerun hides in them."""
+    git_dir = Path(os.environ.get("UCLOUD_GIT_DIR", "/work/.mirror/SDU-eScience+UCloud/repo"))
+    if not (git_dir / "HEAD").exists():
+        pytest.skip("UCloud's Go source is not here (set UCLOUD_GIT_DIR to a bare clone); CI checks the committed fixtures only")
+    out, template = tmp_path / "core-go", tmp_path / "core_go_job.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "conformance" / "generate.py"), "--git-dir", str(git_dir),
+         "--out", str(out), "--template", str(template)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    committed_template = REPO / "provider" / "ucloud" / "core_go_job.json"
+    assert template.read_text() == committed_template.read_text(), f"{committed_template} is stale: rerun the generator"
+    committed = REPO / "tests" / "data" / "core-go"
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert names == sorted(str(p.relative_to(committed)) for p in committed.rglob("*") if p.is_file())
+    for name in names:
+        assert (out / name).read_text() == (committed / name).read_text(), f"{name} is stale: rerun the generator"

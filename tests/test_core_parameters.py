@@ -159,3 +159,11 @@ def test_dynamic_parameters_are_what_the_admin_declared_and_ucloud_lacks() -> No
                            "parameters": {"ucMetricSampleRate": {"type": "text", "optional": True}}}]}
     ).applications
     assert dynamic_parameters(with_core_own, "sim", "1", set()) == []  # Core adds it to every job itself
+
+
+def test_check_config_names_a_mapped_folder_that_is_not_there(tmp_path: Path) -> None:
+    from provider.cli import check_files
+
+    settings = settings_from_dict({"files": {"paths": {"/1234": str(tmp_path), "/55": str(tmp_path / "typo")}}})
+    problems = [p for p in check_files(settings) if p.startswith("[files.paths]")]
+    assert problems == [f'[files.paths] "/55": {tmp_path / "typo"} is not a directory on this host']

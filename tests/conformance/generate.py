@@ -396,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", default=PINNED_COMMIT, help="with --git-dir: the commit to read")
     parser.add_argument("--any-commit", action="store_true", help="with --ucloud: accept a checkout at another commit")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--template", type=Path, default=DEVCORE_TEMPLATE, help="where the stand-in Core's job goes")
     args = parser.parse_args(argv)
     source = Source(checkout=args.ucloud, git_dir=args.git_dir, commit=args.commit)
     commit = source.resolved_commit()
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files = generate(load_packages(source), commit)
     for name, content in files.items():
-        target = DEVCORE_TEMPLATE if name == "devcore-template" else args.out / name
+        target = args.template if name == "devcore-template" else args.out / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, str):
             target.write_text(content)
