@@ -200,13 +200,11 @@ def parameter_environment(
     env: dict[str, str] = dict(CORE_INJECTED_DEFAULTS)
     ignored: list[str] = []
     for name, value in given.items():
-        if name in app.parameters:
-            continue
         variable = CORE_INJECTED.get(name)
         raw = (value.model_extra or {}).get("value")
         if variable is not None and value.type == "text" and isinstance(raw, str) and _SAMPLE_RATE.match(raw):
-            env[variable] = raw
-        else:
+            env[variable] = raw  # also when the admin declared it: then it is a UCLOUD_PARAM_ as well
+        elif name not in app.parameters:
             ignored.append(name)
     for name, spec in app.parameters.items():
         value = given.get(name)

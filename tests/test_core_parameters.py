@@ -81,6 +81,16 @@ def test_a_malformed_sample_rate_is_left_out_and_the_default_stays(rate: dict[st
     assert plan.environment["UCLOUD_METRIC_SAMPLE_RATE"] == "0ms" and plan.ignored == ("ucMetricSampleRate",)
 
 
+def test_a_declared_core_parameter_reaches_the_script_both_ways() -> None:
+    app = settings_from_dict(
+        {"applications": [{"name": "sim", "script": "/x.sh",
+                           "parameters": {"ucMetricSampleRate": {"type": "text", "optional": True}}}]}
+    ).applications[0]
+    plan = parameter_environment(app, values(ucMetricSampleRate={"type": "text", "value": "750ms"}))
+    assert plan.environment["UCLOUD_METRIC_SAMPLE_RATE"] == plan.environment["UCLOUD_PARAM_UCMETRICSAMPLERATE"] == "750ms"
+    assert plan.ignored == ()
+
+
 def test_without_cores_parameter_the_sample_rate_is_off() -> None:
     plan = parameter_environment(APP, values(steps={"type": "integer", "value": 1}))
     assert plan.environment["UCLOUD_METRIC_SAMPLE_RATE"] == "0ms"
