@@ -40,7 +40,9 @@ PY
 done
 
 echo "== creating a job through the provider API, as UCloud/Core does"
-created=$("$BIN" dev-core create --app hello/1.0 --param greeting=UCloud --int-param seconds=20 --time 0:05:00)
+# The body is Go Core's own (provider/ucloud/core_go_job.json), with the ucMetricSampleRate Core adds.
+created=$("$BIN" dev-core create --app hello/1.0 --param greeting=UCloud --int-param seconds=20 --time 0:05:00 \
+    --sample-rate 250ms)
 echo "$created"
 job=$(echo "$created" | sed -n 's/^job \([0-9]*\): 200 .*/\1/p')
 [ -n "$job" ] || { echo "the create was refused" >&2; exit 1; }

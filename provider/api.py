@@ -11,8 +11,16 @@ from pydantic import ValidationError
 
 from provider.appkeys import JOBS, SYNC
 from provider.edge import LIMITS, Refused, parse_json_body
+from provider.submission import dynamic_parameters
 from provider.sync import Belief
-from provider.ucloud.models import BulkRequest, ErrorBody, ExtendRequest, Job
+from provider.ucloud.models import (
+    BulkRequest,
+    DynamicParametersRequest,
+    ErrorBody,
+    ExtendRequest,
+    IntegrationInitRequest,
+    Job,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +72,17 @@ async def read_json(request: web.Request) -> Any:
         return parse_json_body(raw, limits)
     except Refused as exc:
         raise ApiError(400, f"Invalid request supplied: {exc}") from None
+
+
+async def read_object(request: web.Request, model: type[Any]) -> Any:
+    """Parse a body that is one JSON object, not a bulk envelope (requestDynamicParameters, init)."""
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise ApiError(400, "Invalid request supplied: expected a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, f"Invalid request supplied: {describe_validation(exc)}") from None
 
 
 def describe_validation(exc: ValidationError, limit: int = 3) -> str:
@@ -118,6 +137,42 @@ async def not_supported(request: web.Request) -> web.Response:
     raise ApiError(400, "This provider does not support this operation")
 
 
+async def request_dynamic_parameters(request: web.Request) -> web.Response:
+    """``POST .../jobs/requestDynamicParameters``: the parameters this provider adds to an application's form.
+
+    Core asks on every opening of the job form, and on create for parameters the application lacks; a
+    404 or 5xx there shows users an error or turns a create into 502 (``job.go``). None is the usual
+    answer (``{"parameters": []}``, as IM2's Slurm); see ``dynamic_parameters`` for the rest.
+    """
+    body = await read_object(request, DynamicParametersRequest)
+    app = body.application
+    declared = {p.name for p in (app.invocation.parameters or [])} if app.invocation else set()
+    settings = request.app[JOBS].settings  # applications follow a reload (SIGHUP)
+    params = dynamic_parameters(settings.applications, app.metadata.name, app.metadata.version, declared)
+    return web.json_response({"parameters": params})
+
+
+async def updated_labels(request: web.Request) -> web.Response:
+    """``POST .../jobs/onUpdatedLabels``: labels change nothing in Slurm; Core needs only ``{}``."""
+    await read_bulk(request, Job)
+    return web.json_response({})
+
+
+async def attach_or_detach(request: web.Request) -> web.Response:
+    """``attachResource`` / ``detachResource``: a batch job's mounts are fixed when it is submitted."""
+    raise ApiError(
+        400,
+        "This provider cannot add or remove folders or other resources while a job runs; "
+        "start a new job with the resources it needs",
+    )
+
+
+async def integration_init(request: web.Request) -> web.Response:
+    """``POST .../integration/init``: nothing to prepare for a user (no connection flow); ``{}``."""
+    await read_object(request, IntegrationInitRequest)
+    return web.json_response({})
+
+
 async def retrieve_products(request: web.Request) -> web.Response:
     """``GET .../jobs/retrieveProducts``: one JobSupport per configured product (Core polls every 10 s)."""
     settings = request.app[JOBS].settings  # products follow a reload (SIGHUP)
@@ -159,5 +214,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{base}/jobs/updateAcl", acknowledge)
     for operation in ("suspend", "unsuspend", "interactiveSession", "openTerminalInFolder"):
         app.router.add_post(f"{base}/jobs/{operation}", not_supported)
+    app.router.add_post(f"{base}/jobs/requestDynamicParameters", request_dynamic_parameters)
+    app.router.add_post(f"{base}/jobs/onUpdatedLabels", updated_labels)
+    app.router.add_post(f"{base}/jobs/attachResource", attach_or_detach)
+    app.router.add_post(f"{base}/jobs/detachResource", attach_or_detach)
     app.router.add_get(f"{base}/jobs/retrieveProducts", retrieve_products)
     app.router.add_get(f"{base}/integration/retrieveManifest", retrieve_manifest)
+    app.router.add_post(f"{base}/integration/init", integration_init)

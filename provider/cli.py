@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev_create.add_argument("--time", default="0:05:00", help="time allocation H:MM:SS")
     dev_create.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a text parameter")
     dev_create.add_argument("--int-param", action="append", default=[], metavar="NAME=N", help="an integer parameter")
+    dev_create.add_argument("--file-param", action="append", default=[], metavar="NAME=UCLOUD_PATH",
+                            help="a file parameter (a UCloud path, mapped by [files.paths])")
+    dev_create.add_argument("--mount", action="append", default=[], metavar="UCLOUD_PATH",
+                            help="a folder to mount (a UCloud path, mapped by [files.paths])")
+    dev_create.add_argument("--sample-rate", default="0ms",
+                            help="the ucMetricSampleRate Core adds to every job (its default: 0ms = off)")
     dev_create.add_argument("--job-id", help="the UCloud job id (default: a new one)")
     dev_create.set_defaults(func=cmd_dev_core_create)
     return parser
@@ -193,6 +199,9 @@ def check_files(settings: Settings) -> list[str]:
     parent = settings.store.path.parent
     if parent.exists() and not parent.is_dir():
         problems.append(f"[store] path: {parent} is not a directory")
+    for prefix, root in settings.files.paths.items():  # a typo here would refuse every job using the drive
+        if not root.is_dir():
+            problems.append(f'[files.paths] "{prefix}": {root} is not a directory on this host')
     return problems
 
 
@@ -496,6 +505,10 @@ def cmd_dev_core_create(args: argparse.Namespace) -> int:
     for item in args.int_param:
         name, _, value = item.partition("=")
         parameters[name] = {"type": "integer", "value": int(value)}
+    for item in args.file_param:
+        name, _, value = item.partition("=")
+        parameters[name] = {"type": "file", "path": value, "readOnly": False}
+    mounts = [{"type": "file", "path": path, "readOnly": False} for path in args.mount]
     job_id = args.job_id or str(secrets.randbelow(9 * 10**8) + 10**8)
     job = job_body(
         job_id,
@@ -505,8 +518,10 @@ def cmd_dev_core_create(args: argparse.Namespace) -> int:
         application=(app_name, app_version or "1.0"),
         product=(product_id, category or product_id),
         parameters=parameters,
+        resources=mounts,
         time_allocation=(hours, minutes, seconds),
         owner=args.user,
+        sample_rate=args.sample_rate,
     )
 
     async def send() -> tuple[int, object]:

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from provider.paths import clean_cluster_root, clean_ucloud_prefix
+
 DEFAULT_CONFIG_DIR = "/etc/ucloud-slurm-provider"
 DEFAULT_STATE_DIR = "/var/lib/ucloud-slurm-provider"
 
@@ -139,6 +141,8 @@ ParameterType = Literal["text", "textarea", "integer", "floating_point", "boolea
 class ParameterSpec(_Section):
     type: ParameterType = "text"
     optional: bool = False
+    title: str = ""  # shown on UCloud's job form when the provider offers the parameter itself; "" = the name
+    description: str = ""
 
 
 class ApplicationSection(_Section):
@@ -177,6 +181,28 @@ class AccountingSection(_Section):
     give_up_after: PositiveSeconds = 86400.0  # seconds to wait for sacct's final record of a finished job
 
 
+class FilesSection(_Section):
+    """Where UCloud's files are on this cluster: UCloud path prefix -> cluster path.
+
+    A job's ``file`` parameters and mounted folders arrive as UCloud paths (``/<drive id>/...``); each is
+    mapped by the longest prefix that matches whole path components. A file outside every prefix is
+    refused, so a job never starts on a path that does not exist here.
+    """
+
+    paths: dict[str, Path] = Field(default_factory=dict)
+
+    @field_validator("paths")
+    @classmethod
+    def _clean_prefixes(cls, paths: dict[str, Path]) -> dict[str, Path]:
+        cleaned: dict[str, Path] = {}
+        for prefix, root in paths.items():
+            key = clean_ucloud_prefix(prefix)
+            if key in cleaned:
+                raise ValueError(f"{prefix!r}: the same UCloud prefix appears twice")
+            cleaned[key] = clean_cluster_root(prefix, root)
+        return cleaned
+
+
 class LoggingSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -193,6 +219,7 @@ class Settings(_Section):
     products: list[ProductSection] = Field(default_factory=list)
     applications: list[ApplicationSection] = Field(default_factory=list)
     accounting: AccountingSection = AccountingSection()
+    files: FilesSection = FilesSection()
     logging: LoggingSection = LoggingSection()
 
     @model_validator(mode="after")

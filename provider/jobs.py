@@ -131,7 +131,10 @@ class JobService:
             jobs=s.jobs,
             provider_id=s.provider.id,
             username=username,
+            files=s.files.paths,
         )
+        if plan.ignored_parameters:  # Core's own, or not declared in [applications.parameters]
+            log.info("job.parameters_ignored", ucloud_id=job.id, names=list(plan.ignored_parameters))
         script, env_file, created = await asyncio.to_thread(prepare_folder, plan, plan.environment)
         try:
             args = [*plan.argv[1:], f"--export-file={env_file}"]  # argv[0] is sbatch: SlurmTools finds it

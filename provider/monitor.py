@@ -80,8 +80,9 @@ class RetryingDrainer:
                 continue
             delay = backoff * (1 + self._jitter() * 0.2)
             backoff = min(self._max_backoff, backoff * 2)
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+            try:  # not asyncio.wait_for: on Python 3.11 it drops a cancel that meets a wake-up
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from provider.config import ApplicationSection, JobsSection, ProductSection
+from provider.paths import UnmappedPath, map_ucloud_path
 from provider.ucloud.models import AppParameterValue, Job
 
 UCLOUD_COMMENT = "UCloud job"
@@ -39,6 +40,7 @@ class Submission:
     unix_user: str | None  # None = the daemon's own user
     account: str
     time_limit_seconds: int
+    ignored_parameters: tuple[str, ...] = ()  # given by Core, not declared by the admin: not passed on
 
 
 def find_product(products: Sequence[ProductSection], job: Job) -> ProductSection:
@@ -49,12 +51,76 @@ def find_product(products: Sequence[ProductSection], job: Job) -> ProductSection
     raise RequestRefused(f"The product {ref.id} ({ref.category}) is not offered by this provider")
 
 
+def match_application(applications: Sequence[ApplicationSection], name: str, version: str) -> ApplicationSection | None:
+    for candidate in applications:
+        if candidate.name == name and candidate.version in ("*", version):
+            return candidate
+    return None
+
+
 def find_application(applications: Sequence[ApplicationSection], job: Job) -> ApplicationSection:
     app = job.specification.application
-    for candidate in applications:
-        if candidate.name == app.name and candidate.version in ("*", app.version):
-            return candidate
-    raise RequestRefused(f"The application {app.name} {app.version} is not available on this provider")
+    found = match_application(applications, app.name, app.version)
+    if found is None:
+        raise RequestRefused(f"The application {app.name} {app.version} is not available on this provider")
+    return found
+
+
+# Parameters Core adds to every job by itself, undeclared by any application (core2/pkg/orchestrator/
+# job.go, JobCreate: ``ucMetricSampleRate`` is the user's job-report sample rate, "0ms" = off), and the
+# variable each reaches the script as.
+CORE_INJECTED = {"ucMetricSampleRate": "UCLOUD_METRIC_SAMPLE_RATE"}
+CORE_INJECTED_DEFAULTS = {"UCLOUD_METRIC_SAMPLE_RATE": "0ms"}
+_SAMPLE_RATE = re.compile(r"^[0-9]{1,9}ms$")
+
+
+# [applications.parameters] type -> UCloud's ApplicationParameterType. An enumeration has no options in
+# our settings, so the form offers it as text (Core checks both the same way: a text value).
+_FORM_TYPES = {
+    "text": "text",
+    "textarea": "textarea",
+    "integer": "integer",
+    "floating_point": "floating_point",
+    "boolean": "boolean",
+    "enumeration": "text",
+    "file": "input_file",
+}
+
+
+def dynamic_parameters(
+    applications: Sequence[ApplicationSection], name: str, version: str, declared_by_ucloud: set[str]
+) -> list[dict[str, Any]]:
+    """The parameters this provider adds to an application's form on UCloud (``requestDynamicParameters``).
+
+    Those the admin declared for the application and UCloud's application lacks (but not Core's own,
+    which Core adds to every job): without them Core refuses such a parameter as unknown. UCloud's
+    own declarations are never overridden (Core lets a dynamic parameter replace one of the same
+    name). Each is an ``ApplicationParameter`` exactly as Go encodes it: every key present.
+    """
+    app = match_application(applications, name, version)
+    if app is None:
+        return []
+    return [
+        {
+            "type": _FORM_TYPES[spec.type],
+            "name": param,
+            "optional": spec.optional,
+            "defaultValue": None,
+            "title": spec.title or param,
+            "description": spec.description,
+            "min": None,
+            "max": None,
+            "step": None,
+            "unitName": "",
+            "trueValue": "",
+            "falseValue": "",
+            "options": None,
+            "tagged": None,
+            "supportedModules": None,
+        }
+        for param, spec in app.parameters.items()
+        if param not in declared_by_ucloud and param not in CORE_INJECTED  # Core fills those in itself
+    ]
 
 
 def acting_username(header: str | None, job: Job) -> str:
@@ -64,6 +130,8 @@ def acting_username(header: str | None, job: Job) -> str:
             return base64.b64decode(header, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             raise RequestRefused("The ucloud-username header is not valid base64") from None
+    if not job.owner.created_by:  # Go omits an empty createdBy; Core names the user in the header
+        raise RequestRefused("The request does not say which UCloud user it is for")
     return job.owner.created_by
 
 
@@ -101,33 +169,81 @@ def time_limit_seconds(job: Job, product: ProductSection) -> int:
     return seconds
 
 
-def parameter_environment(app: ApplicationSection, parameters: Mapping[str, AppParameterValue] | None) -> dict[str, str]:
-    """``UCLOUD_PARAM_<NAME>`` for every parameter, checked against the application's declaration."""
+@dataclass(frozen=True)
+class ParameterPlan:
+    """What a job's parameters and resources become: the script's environment, and what was left out."""
+
+    environment: dict[str, str]
+    ignored: tuple[str, ...]  # names (or resource types) given but not declared: they never reach the script
+
+
+def parameter_variable(name: str) -> str:
+    return f"UCLOUD_PARAM_{re.sub(r'[^A-Za-z0-9]', '_', name).upper()}"
+
+
+def parameter_environment(
+    app: ApplicationSection,
+    parameters: Mapping[str, AppParameterValue] | None,
+    resources: Sequence[AppParameterValue] | None = None,
+    files: Mapping[str, Path] | None = None,
+) -> ParameterPlan:
+    """The script's environment from a job's parameters and resources, checked against the admin's application.
+
+    The rule (after UCloud's IM2, ``job_parameters.go``): Core has already checked the user's values
+    against the UCloud application, and adds parameters of its own, so a parameter the admin did not
+    declare never refuses a job and never reaches the script. Declared ones are checked (type, required)
+    and become ``UCLOUD_PARAM_<NAME>``; Core's own ones that mean something become a documented
+    ``UCLOUD_*`` variable (``CORE_INJECTED``). Files and mounted folders are mapped to cluster paths.
+    """
     given = dict(parameters or {})
-    env: dict[str, str] = {}
-    for name in given:
-        if name not in app.parameters:
-            raise RequestRefused(f"The application {app.name} has no parameter '{name}'")
+    table = files or {}
+    env: dict[str, str] = dict(CORE_INJECTED_DEFAULTS)
+    ignored: list[str] = []
+    for name, value in given.items():
+        variable = CORE_INJECTED.get(name)
+        raw = (value.model_extra or {}).get("value")
+        if variable is not None and value.type == "text" and isinstance(raw, str) and _SAMPLE_RATE.match(raw):
+            env[variable] = raw  # also when the admin declared it: then it is a UCLOUD_PARAM_ as well
+        elif name not in app.parameters:
+            ignored.append(name)
     for name, spec in app.parameters.items():
         value = given.get(name)
         if value is None:
             if not spec.optional:
                 raise RequestRefused(f"The parameter '{name}' is required")
             continue
-        env[f"UCLOUD_PARAM_{re.sub(r'[^A-Za-z0-9]', '_', name).upper()}"] = _value_text(name, spec.type, value)
-    return env
+        env[parameter_variable(name)] = _value_text(name, spec.type, value, table)
+    mounts, read_only = [], []
+    for resource in resources or ():
+        if resource.type != "file":
+            ignored.append(f"resource:{resource.type}")
+            continue
+        path = _mapped_file("a mounted folder", resource, table)
+        mounts.append(path)
+        if (resource.model_extra or {}).get("readOnly") is True:
+            read_only.append(path)
+    env["UCLOUD_MOUNTS"] = "\n".join(mounts)
+    env["UCLOUD_READONLY_MOUNTS"] = "\n".join(read_only)
+    return ParameterPlan(env, tuple(ignored))
 
 
-def _value_text(name: str, expected: str, value: AppParameterValue) -> str:
+def _mapped_file(what: str, value: AppParameterValue, files: Mapping[str, Path]) -> str:
+    path = (value.model_extra or {}).get("path")
+    if not isinstance(path, str) or not path:
+        raise RequestRefused(f"{what[0].upper()}{what[1:]} has no file path")
+    try:
+        return str(map_ucloud_path(path, files))
+    except UnmappedPath as exc:
+        raise RequestRefused(f"{exc} ({what})") from None
+
+
+def _value_text(name: str, expected: str, value: AppParameterValue, files: Mapping[str, Path]) -> str:
     extra: dict[str, Any] = value.model_extra or {}
     kinds = {"textarea": "text", "enumeration": "text"}
     if kinds.get(value.type, value.type) != kinds.get(expected, expected):
         raise RequestRefused(f"The parameter '{name}' must be of type {expected}, not {value.type}")
     if value.type == "file":
-        path = extra.get("path")
-        if not isinstance(path, str) or not path:
-            raise RequestRefused(f"The parameter '{name}' needs a file path")
-        return path
+        return _mapped_file(f"the parameter '{name}'", value, files)
     raw = extra.get("value")
     if expected == "boolean":
         if not isinstance(raw, bool):
@@ -168,6 +284,7 @@ def plan_submission(
     provider_id: str,
     username: str,
     sbatch: str = "sbatch",
+    files: Mapping[str, Path] | None = None,
 ) -> Submission:
     """Check the job against the admin's products and applications and build its sbatch call."""
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", job.id):
@@ -180,7 +297,8 @@ def plan_submission(
     if replicas > product.max_nodes:
         raise RequestRefused(f"Too many nodes requested: {replicas} (the product {product.id} allows {product.max_nodes})")
     seconds = time_limit_seconds(job, product)
-    env = parameter_environment(app, job.specification.parameters)
+    parameters = parameter_environment(app, job.specification.parameters, job.specification.resources, files)
+    env = parameters.environment
     unix_user = unix_user_for(username, jobs) if jobs.run_as == "owner" else None
     account = slurm_account(product, job, username)
     folder = jobs.directory / job.id
@@ -220,7 +338,7 @@ def plan_submission(
         argv.append(f"--mem={product.memory_mb}M")
     if product.gpus:
         argv.append(f"--gpus-per-node={product.gpus}")
-    return Submission(job.id, folder, app.script, tuple(argv), env, unix_user, account, seconds)
+    return Submission(job.id, folder, app.script, tuple(argv), env, unix_user, account, seconds, parameters.ignored)
 
 
 def explain_sbatch_error(stderr: str) -> str:

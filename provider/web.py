@@ -250,7 +250,8 @@ def make_app(
                 # Shutdown: the request in flight is answered first (see OutboxSender.stop) ...
                 sender.stop()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(task), timeout=settings.ucloud.timeout + 1)
+                    async with asyncio.timeout(settings.ucloud.timeout + 1):
+                        await asyncio.shield(task)
             # ... then one last attempt to hand Core what is queued; what is not sent stays stored.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(sender.drain(), timeout=5)

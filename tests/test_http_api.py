@@ -164,7 +164,10 @@ async def test_other_resource_types_are_404(make_harness: HarnessFactory, kind: 
         ({"application": ("unknown", "unknown")}, "The application unknown unknown is not available on this provider"),
         ({"product": ("gpu-1", "gpu")}, "The product gpu-1 (gpu) is not offered by this provider"),
         ({"replicas": 5}, "Too many nodes requested: 5 (the product cpu-1 allows 2)"),
-        ({"parameters": {"x": {"type": "text", "value": "y"}}}, "The application acme-batch has no parameter 'x'"),
+        ({"resources": [{"type": "file", "path": "/1234/Home/x"}]},
+         "The file /1234/Home/x is not available on this cluster: its drive is not one of the folders this "
+         "provider mounts (ask the provider's administrators, or copy the file to a drive of this provider) "
+         "(a mounted folder)"),
     ],
 )
 async def test_create_refusals_are_400_with_a_why_the_user_understands(

@@ -32,7 +32,10 @@ SETTINGS = settings_from_dict(
         ],
     }
 )
-SECTIONS = dict(products=SETTINGS.products, applications=SETTINGS.applications, jobs=SETTINGS.jobs, provider_id="slurm")
+FILES = {"/1234": Path("/gpfs/acme")}
+SECTIONS = dict(
+    products=SETTINGS.products, applications=SETTINGS.applications, jobs=SETTINGS.jobs, provider_id="slurm", files=FILES
+)
 
 
 def job(**kw: object) -> Job:
@@ -59,13 +62,13 @@ def test_parameters_become_environment_variables_verbatim() -> None:
     evil = "$(touch /tmp/pwned); \"quoted\" 'x'\n`id`"
     plan = plan_submission(
         job(parameters={"steps": {"type": "integer", "value": 3}, "label": {"type": "text", "value": evil},
-                        "fast": {"type": "boolean", "value": False}, "input-file": {"type": "file", "path": "/home/a b"}}),
+                        "fast": {"type": "boolean", "value": False}, "input-file": {"type": "file", "path": "/1234/a b"}}),
         username="u", **SECTIONS,  # type: ignore[arg-type]
     )
     assert plan.environment["UCLOUD_PARAM_LABEL"] == evil
     assert plan.environment["UCLOUD_PARAM_STEPS"] == "3"
     assert plan.environment["UCLOUD_PARAM_FAST"] == "false"
-    assert plan.environment["UCLOUD_PARAM_INPUT_FILE"] == "/home/a b"
+    assert plan.environment["UCLOUD_PARAM_INPUT_FILE"] == "/gpfs/acme/a b"
     assert not any(evil in arg for arg in plan.argv)
 
 
@@ -76,8 +79,10 @@ def test_parameters_become_environment_variables_verbatim() -> None:
         ({"application": ("other", "1")}, "The application other 1 is not available on this provider"),
         ({"parameters": {}}, "The parameter 'steps' is required"),
         ({"parameters": {"steps": {"type": "text", "value": "x"}}}, "The parameter 'steps' must be of type integer, not text"),
-        ({"parameters": {"steps": {"type": "integer", "value": 1}, "rm": {"type": "text", "value": "-rf"}}},
-         "The application sim has no parameter 'rm'"),
+        ({"parameters": {"steps": {"type": "integer", "value": 1}, "input-file": {"type": "file", "path": "/99/x"}}},
+         "The file /99/x is not available on this cluster: its drive is not one of the folders this provider "
+         "mounts (ask the provider's administrators, or copy the file to a drive of this provider) "
+         "(the parameter 'input-file')"),
         ({"parameters": {"steps": {"type": "integer", "value": 1.5}}}, "The parameter 'steps' must be a whole number"),
         ({"replicas": 3}, "Too many nodes requested: 3 (the product cpu-4 allows 2)"),
         ({"time_allocation": (3, 0, 0)}, "The requested time (0-03:00:00) is longer than this product allows (0-02:00:00)"),

@@ -78,7 +78,8 @@ async def run_command(
         start_new_session=True,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: on Python 3.11 it can drop a cancel
+            out, err = await proc.communicate(stdin)
     except TimeoutError:
         await _stop(proc)
         raise CommandTimeout(argv, timeout) from None

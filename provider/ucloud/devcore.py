@@ -11,6 +11,8 @@ README's demo use it; it keeps every update it received for inspection (``GET /d
 from __future__ import annotations
 
 import base64
+import copy
+import functools
 import json
 import secrets
 import time
@@ -34,20 +36,22 @@ ISSUER = "cloud.sdu.dk"
 TOKEN_LIFETIME = 600
 JOB_STATES = ("IN_QUEUE", "RUNNING", "SUCCESS", "FAILURE", "EXPIRED", "SUSPENDED")
 FINAL = ("SUCCESS", "FAILURE", "EXPIRED")
-UPDATE_KEYS = frozenset(
-    {
-        "state",
-        "outputFolder",
-        "status",
-        "expectedState",
-        "expectedDifferentState",
-        "newTimeAllocation",
-        "allowRestart",
-        "newMounts",
-        "resourceList",
-        "timestamp",
-    }
-)
+# Go's JobUpdate, the type Core decodes every update into (provider-integration/shared/pkg/orchestrators/
+# jobs.go:118-128): JSON key -> what Go's decoder accepts there. tests/test_core_conformance.py checks this
+# table against the Go source (tests/data/core-go/types.json).
+GO_JOB_UPDATE: dict[str, str] = {
+    "state": "option-string",
+    "outputFolder": "option-string",
+    "status": "option-string",
+    "expectedState": "option-string",
+    "expectedDifferentState": "option-bool",
+    "newTimeAllocation": "option-int",
+    "allowRestart": "option-bool",
+    "resourceList": "option-list",
+    "timestamp": "timestamp",  # fnd.Timestamp: an integer; null and 1.5 fail Go's decoder
+}
+# The seed example's Kotlin-era key, which Go's decoder ignores: accepted only as null.
+LEGACY_NULL_KEYS = frozenset({"newMounts"})
 
 
 @dataclass
@@ -224,7 +228,7 @@ class DevCore:
             return _error(self.fail_with, "Injected failure")
         raw = await request.read()
         try:
-            items = [_check_update_item(item) for item in _items(_json_object(raw))]
+            items = [check_update_item(item) for item in _items(_json_object(raw))]
         except WireError as exc:
             log.warning("devcore.rejected_body", why=str(exc))
             return _error(400, f"Invalid request supplied: {exc}")
@@ -289,29 +293,36 @@ def _exact_keys(obj: Any, keys: Iterable[str], where: str, *, optional: Iterable
         raise WireError(f"{where}: missing keys {sorted(missing)}, unexpected keys {sorted(extra)}")
 
 
-def _check_update_item(item: Any) -> dict[str, Any]:
+def check_update_item(item: Any) -> dict[str, Any]:
+    """One ``{"id", "update"}`` checked against Go's ``ResourceUpdateAndId[JobUpdate]``, strictly: exact key
+    names (Go would also take other spellings, and silently drop a misspelt key), Go's types, and the
+    states Core knows."""
     _exact_keys(item, {"id", "update"}, "items[]")
     if not isinstance(item["id"], str) or not item["id"]:
         raise WireError("items[].id must be a non-empty string")
     update = item["update"]
-    _exact_keys(update, {"timestamp"}, "items[].update", optional=UPDATE_KEYS)
-    ts = update["timestamp"]
-    if not isinstance(ts, int) or isinstance(ts, bool):
-        raise WireError(f"items[].update.timestamp must be an integer, not {json.dumps(ts)}")
+    _exact_keys(update, {"timestamp"}, "items[].update", optional=set(GO_JOB_UPDATE) | LEGACY_NULL_KEYS)
+    for key, value in update.items():
+        where = f"items[].update.{key}"
+        kind = GO_JOB_UPDATE.get(key, "null")
+        if kind == "timestamp" and not _is_int(value):
+            raise WireError(f"{where} must be an integer, not {json.dumps(value)}")
+        if kind == "null" and value is not None:
+            raise WireError(f"{where} is not a field of Go's JobUpdate; only null is tolerated")
+        if value is None or kind in ("timestamp", "null"):
+            continue
+        wanted = {"option-string": str, "option-bool": bool, "option-list": list}.get(kind)
+        if kind == "option-int" and not _is_int(value) or wanted is not None and not isinstance(value, wanted):
+            raise WireError(f"{where} must be {kind.removeprefix('option-')} or null, not {json.dumps(value)}")
     for key in ("state", "expectedState"):
         value = update.get(key)
         if value is not None and value not in JOB_STATES:
             raise WireError(f"items[].update.{key} must be one of {JOB_STATES}, not {value!r}")
-    for key in ("status", "outputFolder"):
-        if update.get(key) is not None and not isinstance(update[key], str):
-            raise WireError(f"items[].update.{key} must be a string")
-    nta = update.get("newTimeAllocation")
-    if nta is not None and (not isinstance(nta, int) or isinstance(nta, bool)):
-        raise WireError("items[].update.newTimeAllocation must be integer milliseconds")
-    for key in ("expectedDifferentState", "allowRestart"):
-        if update.get(key) is not None and not isinstance(update[key], bool):
-            raise WireError(f"items[].update.{key} must be a boolean")
     return item
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _error(status: int, why: str) -> web.Response:
@@ -319,6 +330,27 @@ def _error(status: int, why: str) -> web.Response:
 
 
 # -- calling the provider as Core does ------------------------------------------------------------------
+
+
+_TEMPLATE = Path(__file__).with_name("core_go_job.json")
+# Every key Go writes for an AppParameterValue (orchestrators/applications.go: no omitempty).
+_VALUE_ZERO: dict[str, Any] = {
+    "type": "", "path": "", "mountPath": "", "readOnly": False, "value": None, "hostname": "", "jobId": "",
+    "id": "",
+    "specification": {"applicationName": "", "language": "", "init": None, "job": None, "readme": None, "inputs": None},
+    "modules": None, "port": 0, "tls": False, "server": "", "token": "", "tokenType": "",
+}
+
+
+@functools.cache
+def _core_job_template() -> str:
+    return json.dumps(json.loads(_TEMPLATE.read_text(encoding="utf-8"))["job"])
+
+
+def go_value(value: dict[str, Any]) -> dict[str, Any]:
+    """A parameter or resource value with every key Go's Core writes (``{"type": "text", "value": "x"}`` ->
+    all fifteen keys)."""
+    return {**copy.deepcopy(_VALUE_ZERO), **value}
 
 
 def job_body(
@@ -330,46 +362,63 @@ def job_body(
     application: tuple[str, str] = ("acme-batch", "1.0.0"),
     product: tuple[str, str] = ("example-compute-1", "example-compute"),
     parameters: dict[str, Any] | None = None,
+    resources: list[dict[str, Any]] | None = None,
     time_allocation: tuple[int, int, int] | None = (1, 0, 0),
     replicas: int = 1,
     owner: str = "user",
     project: str | None = None,
+    sample_rate: str | None = "0ms",
 ) -> dict[str, Any]:
-    """A Job as Core sends it to the provider (the seed example's shape)."""
-    hours, minutes, seconds = time_allocation or (0, 0, 0)
-    return {
-        "id": job_id,
-        "owner": {"createdBy": owner, "project": project},
-        "updates": [],
-        "specification": {
-            "application": {"name": application[0], "version": application[1]},
-            "product": {"id": product[0], "category": product[1], "provider": provider},
-            "name": None,
-            "replicas": replicas,
-            "allowDuplicateJob": False,
-            "parameters": parameters or {},
-            "resources": None,
-            "timeAllocation": (
-                {"hours": hours, "minutes": minutes, "seconds": seconds} if time_allocation is not None else None
-            ),
-            "openedFile": None,
-            "restartOnExit": None,
-            "sshEnabled": None,
-        },
-        "status": {
-            "state": state,
-            "jobParametersJson": None,
-            "startedAt": None,
-            "expiresAt": None,
-            "resolvedApplication": None,
-            "resolvedSupport": None,
-            "resolvedProduct": None,
-            "allowRestart": False,
-        },
-        "createdAt": int(time.time() * 1000) - 3_600_000 if created_at is None else created_at,
-        "output": None,
-        "permissions": None,
-    }
+    """A Job exactly as Go's Core sends it to a provider: every key of its Go structs, in Go's order.
+
+    Built on ``core_go_job.json`` (Go Core's create body, rebuilt from the Go source by
+    ``tests/conformance/generate.py``). Core adds ``ucMetricSampleRate`` to every job's parameters
+    (``sample_rate``; None leaves it out, as Core does for one provider); ``owner=""`` leaves out
+    ``createdBy`` as Go's ``omitempty`` does.
+    """
+    job: dict[str, Any] = json.loads(_core_job_template())
+    spec, status, exported = job["specification"], job["status"], job["status"]["jobParametersJson"]["request"]
+    user_parameters = {name: go_value(v) for name, v in (parameters or {}).items()}
+    values = [go_value(v) for v in resources] if resources is not None else None
+    duration = (
+        {"hours": time_allocation[0], "minutes": time_allocation[1], "seconds": time_allocation[2]}
+        if time_allocation is not None
+        else None
+    )
+    product_ref = {"id": product[0], "category": product[1], "provider": provider}
+    job["id"] = job_id
+    job["createdAt"] = int(time.time() * 1000) - 3_600_000 if created_at is None else created_at
+    job["owner"] = {"createdBy": owner, "project": project} if owner else {"project": project}
+    spec["product"] = product_ref
+    spec["application"] = {"name": application[0], "version": application[1]}
+    spec["replicas"] = replicas
+    spec["parameters"] = dict(sorted(user_parameters.items()))
+    if sample_rate is not None and "ucMetricSampleRate" not in spec["parameters"]:
+        spec["parameters"] = dict(
+            sorted({**user_parameters, "ucMetricSampleRate": go_value({"type": "text", "value": sample_rate})}.items())
+        )
+    spec["resources"] = values
+    spec["timeAllocation"] = duration  # an Option: null when absent (omitempty never drops a Go struct)
+    status["state"] = state
+    exported.update(
+        application=spec["application"], product=product_ref, replicas=replicas, parameters=user_parameters,
+        resources=values, timeAllocation=duration or {"hours": 0, "minutes": 0, "seconds": 0},
+    )
+    status["resolvedApplication"]["metadata"].update(name=application[0], version=application[1])
+    status["resolvedProduct"]["name"] = product[0]
+    status["resolvedProduct"]["category"].update(name=product[1], provider=provider)
+    status["resolvedSupport"]["support"]["product"] = product_ref
+    status["resolvedSupport"]["product"] = status["resolvedProduct"]
+    return job
+
+
+def go_json_bytes(value: Any) -> bytes:
+    """JSON as Go's ``json.Marshal`` writes it: compact, UTF-8, with ``<``, ``>``, ``&``, U+2028 and U+2029
+    escaped (they can only occur inside strings, so replacing them in the text is exact)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    for char in ("<", ">", "&", "\u2028", "\u2029"):
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text.encode("utf-8")
 
 
 async def call_provider(
@@ -382,14 +431,25 @@ async def call_provider(
     username: str | None = None,
     method: str = "POST",
 ) -> tuple[int, Any]:
-    """Call the provider as Core does: RS256 token, ``ucloud-username`` (base64) for calls made on a
-    user's behalf, and no Content-Type (Core's Go client sends none)."""
-    headers = {"Authorization": f"Bearer {keys.service_token()}"}
+    """Call the provider exactly as Core's Go client does (``rpc/client.go`` and ``InvokeProvider`` in
+    ``core2/pkg/orchestrator/orchestrator.go``): ``Authorization: Bearer`` with an RS256 token,
+    ``Ucloud-Username`` (base64) only for calls made on a user's behalf, Go's ``User-Agent`` and
+    ``Accept-Encoding: gzip``, no ``Content-Type`` and no ``Accept``; the body as Go's json.Marshal
+    writes it."""
+    headers = {
+        "User-Agent": "Go-http-client/1.1",
+        "Authorization": f"Bearer {keys.service_token()}",
+        "Accept-Encoding": "gzip",
+    }
     if username is not None:
-        headers["ucloud-username"] = base64.b64encode(username.encode()).decode()
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        headers["Ucloud-Username"] = base64.b64encode(username.encode()).decode()
+    data = body if isinstance(body, bytes) or body is None else go_json_bytes(body)
     async with session.request(
-        method, f"{provider_url.rstrip('/')}{path}", data=data, headers=headers, skip_auto_headers=["Content-Type"]
+        method,
+        f"{provider_url.rstrip('/')}{path}",
+        data=data,
+        headers=headers,
+        skip_auto_headers=["Content-Type", "Accept", "Accept-Encoding", "User-Agent"],
     ) as resp:
         text = await resp.text()
         return resp.status, (json.loads(text) if text else None)

@@ -41,7 +41,7 @@ class _Inbound(BaseModel):
 
 
 class ResourceOwner(_Inbound):
-    created_by: str = Field(alias="createdBy")
+    created_by: str = Field(default="", alias="createdBy")  # Go: omitempty, so absent when empty
     project: str | None = None
 
 
@@ -103,6 +103,41 @@ class Job(_Inbound):
     status: JobStatus
     provider_generated_id: str | None = Field(default=None, alias="providerGeneratedId")
     updates: list[dict[str, Any]] | None = None
+
+
+class ApplicationParameterName(_Inbound):
+    """One of an application's own parameters; the provider reads only its name."""
+
+    name: str
+
+
+class ApplicationInvocation(_Inbound):
+    parameters: list[ApplicationParameterName] | None = None
+
+
+class ApplicationMetadata(_Inbound):
+    name: str
+    version: str
+
+
+class Application(_Inbound):
+    """UCloud's application as Core sends it (``orchestrators/applications.go``); only what we read."""
+
+    metadata: ApplicationMetadata
+    invocation: ApplicationInvocation | None = None
+
+
+class DynamicParametersRequest(_Inbound):
+    """``/jobs/requestDynamicParameters``: which parameters this provider adds to ``application``'s form."""
+
+    owner: ResourceOwner
+    application: Application
+
+
+class IntegrationInitRequest(_Inbound):
+    """``/integration/init``: Core's retry hook when a call on a user's behalf got 449 or 503."""
+
+    username: str = ""
 
 
 class ExtendRequest(_Inbound):
