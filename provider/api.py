@@ -9,7 +9,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from provider.appkeys import JOBS, SYNC
+from provider.appkeys import JOBS, SETTINGS, SYNC
 from provider.edge import LIMITS, Refused, parse_json_body
 from provider.submission import dynamic_parameters
 from provider.sync import Belief
@@ -147,7 +147,7 @@ async def request_dynamic_parameters(request: web.Request) -> web.Response:
     body = await read_object(request, DynamicParametersRequest)
     app = body.application
     declared = {p.name for p in (app.invocation.parameters or [])} if app.invocation else set()
-    settings = request.app[JOBS].settings  # applications follow a reload (SIGHUP)
+    settings = request.app[SETTINGS].current  # applications follow a reload (SIGHUP)
     params = dynamic_parameters(settings.applications, app.metadata.name, app.metadata.version, declared)
     return web.json_response({"parameters": params})
 
@@ -175,7 +175,7 @@ async def integration_init(request: web.Request) -> web.Response:
 
 async def retrieve_products(request: web.Request) -> web.Response:
     """``GET .../jobs/retrieveProducts``: one JobSupport per configured product (Core polls every 10 s)."""
-    settings = request.app[JOBS].settings  # products follow a reload (SIGHUP)
+    settings = request.app[SETTINGS].current  # products follow a reload (SIGHUP)
     return web.json_response(
         {
             "responses": [

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from provider.config import Settings
+from provider.config import LiveSettings
 from provider.jobs import JobService
 from provider.metrics import Metrics
 from provider.monitor import OutboxSender
@@ -19,7 +19,7 @@ from provider.ucloud.auth import TokenVerifier
 from provider.ucloud.core import CoreClient
 from provider.usage import UsageMeter, UsageSender
 
-SETTINGS = web.AppKey("settings", Settings)
+SETTINGS = web.AppKey("settings", LiveSettings)
 STORE = web.AppKey("store", Store)
 BACKEND = web.AppKey("backend", SlurmBackend)
 SYNC = web.AppKey("sync", Synchronizer)

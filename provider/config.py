@@ -252,6 +252,29 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the file, the key and what is wrong."""
 
 
+# Sections that take effect on SIGHUP; a change anywhere else needs a restart.
+RELOADABLE = ("logging", "products", "applications", "jobs")
+
+
+class LiveSettings:
+    """The one settings object every part of the running daemon reads.
+
+    SIGHUP swaps ``current`` for a copy with the reloadable sections of the re-read file; parts that
+    hold this object (the job service, the routes, the usage meter) see the change at once, so no part
+    keeps a stale copy.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.current = settings
+
+    def reload(self, new: Settings) -> list[str]:
+        """Apply ``new``'s reloadable sections; the names of the other sections that differ (restart)."""
+        old = self.current
+        restart = [name for name in type(new).model_fields if name not in RELOADABLE and getattr(new, name) != getattr(old, name)]
+        self.current = old.model_copy(update={name: getattr(new, name) for name in RELOADABLE})
+        return restart
+
+
 def load_settings(path: str | Path | None) -> Settings:
     """Read and validate ``path``; ``None`` means the embedded defaults."""
     if path is None:

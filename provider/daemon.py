@@ -16,18 +16,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from provider.appkeys import BACKEND, JOBS, STORE, TASKS
-from provider.config import ConfigError, Settings, load_settings
+from provider.appkeys import BACKEND, SETTINGS, STORE, TASKS
+from provider.config import RELOADABLE, ConfigError, Settings, load_settings
 from provider.guard import ConnectionGuard, guarded_site
 from provider.logs import configure_logging
 from provider.systemd import notify, watchdog_interval
 from provider.web import make_app
 
 log = structlog.get_logger(__name__)
-
-# Settings that take effect on SIGHUP; everything else needs a restart.
-RELOADABLE = ("logging", "products", "applications", "jobs")
-
 
 # Seconds an unread body is still read (and dropped) after the answer, so the client sees the answer
 # rather than a reset; a slow body sent to a route that never reads it is cut off after this.
@@ -105,10 +101,7 @@ def reload(app: web.Application, config_path: Path | None) -> None:
     except ConfigError as exc:
         log.error("reload.refused", error=str(exc))
         return
-    service = app[JOBS]
-    old = service.settings
-    restart = [name for name in type(new).model_fields if name not in RELOADABLE and getattr(new, name) != getattr(old, name)]
-    service.settings = old.model_copy(update={name: getattr(new, name) for name in RELOADABLE})
+    restart = app[SETTINGS].reload(new)
     configure_logging(new.logging.level, new.logging.format)
     log.info("reload.applied", sections=list(RELOADABLE), needs_restart=restart)
     notify("STATUS=serving; settings reloaded")

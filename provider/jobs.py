@@ -20,9 +20,9 @@ from typing import TypeVar
 import structlog
 
 from provider.accounting import Owner, UsageSubject
-from provider.config import Settings
+from provider.config import LiveSettings, Settings
 from provider.jobfolder import prepare_folder, remove_folder
-from provider.reconcile import TrackedJob
+from provider.reconcile import TrackedJob, slurm_job_if_ours
 from provider.slurm.backend import SlurmBackend
 from provider.slurm.control import SlurmCommandFailed, SlurmControl
 from provider.slurm.process import CommandTimeout
@@ -34,6 +34,7 @@ from provider.submission import (
     explain_sbatch_error,
     find_product,
     format_time,
+    plan_extension,
     plan_submission,
 )
 from provider.sync import Belief, Synchronizer, now_ms
@@ -61,7 +62,7 @@ class SlurmUnavailable(Exception):
 class JobService:
     def __init__(
         self,
-        settings: Settings,
+        settings: LiveSettings,
         store: Store,
         backend: SlurmBackend,
         control: SlurmControl,
@@ -71,7 +72,7 @@ class JobService:
         on_unsettled: Callable[[], None] = lambda: None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
-        self.settings = settings
+        self._settings = settings
         self._store = store
         self._backend = backend
         self._control = control
@@ -81,6 +82,11 @@ class JobService:
         self._clock = clock
         self._creating: dict[str, asyncio.Lock] = {}
         self._in_flight: Counter[str] = Counter()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now (SIGHUP may have replaced products, applications and [jobs])."""
+        return self._settings.current
 
     @property
     def in_flight(self) -> frozenset[str]:
@@ -279,20 +285,7 @@ class JobService:
             if job is None or job.state.is_final:
                 raise RequestRefused(f"Job {item.job.id} is not running on this provider")
             product = find_product(self.settings.products, item.job)
-            if not product.time_extension:
-                raise RequestRefused("Extension of jobs is not supported for this product")
-            allocation = item.job.specification.time_allocation
-            current = allocation.total_seconds() if allocation else product.max_time_minutes * 60
-            added = item.requested_time.total_seconds()
-            if added <= 0:
-                raise RequestRefused("The requested extension must be longer than zero")
-            total = current + added
-            if total > product.max_time_minutes * 60:
-                raise RequestRefused(
-                    f"The new time allocation ({format_time(total)}) is longer than this product allows "
-                    f"({format_time(product.max_time_minutes * 60)})"
-                )
-            plans.append((job, total))
+            plans.append((job, plan_extension(item.job, product, item.requested_time.total_seconds())))
         live = await self._backend.live_jobs()
         if not live.ok:
             raise SlurmUnavailable("The cluster's scheduler is not answering, so the job was not extended; try again")
@@ -329,5 +322,4 @@ class JobService:
 
 def still_ours(job: TrackedJob, live: QueryResult) -> bool:
     """Whether slurmctld still holds a job under this id that carries our name (ids wrap)."""
-    found = live.jobs.get(job.slurm_id)
-    return found is not None and (job.expected_name is None or found.name == job.expected_name)
+    return slurm_job_if_ours(job, live.jobs.get(job.slurm_id)) is not None

@@ -73,7 +73,7 @@ class Decision:
 
 def needs_history(job: TrackedJob, live: QueryResult) -> bool:
     """Whether sacct must be asked about this job: it is not (as ours) among slurmctld's jobs."""
-    return not live.ok or _ours(job, live.jobs.get(job.slurm_id)) is None
+    return not live.ok or slurm_job_if_ours(job, live.jobs.get(job.slurm_id)) is None
 
 
 def observe(job: TrackedJob, live: QueryResult, history: QueryResult | None) -> Observation:
@@ -86,7 +86,7 @@ def observe(job: TrackedJob, live: QueryResult, history: QueryResult | None) -> 
       no longer holds is a stale record (a wiped controller), so the job is missing.
     """
     if live.ok:
-        found = _ours(job, live.jobs.get(job.slurm_id))
+        found = slurm_job_if_ours(job, live.jobs.get(job.slurm_id))
         if found is not None:
             return Observation(Seen.FOUND, found, "squeue")
     if history is None or not history.ok:
@@ -94,8 +94,8 @@ def observe(job: TrackedJob, live: QueryResult, history: QueryResult | None) -> 
         why = failed.error if failed is not None else "sacct was not asked"
         return Observation(Seen.UNKNOWN, detail=why)
     record = history.jobs.get(job.slurm_id)
-    other = record is not None and _ours(job, record) is None
-    record = _ours(job, record)
+    other = record is not None and slurm_job_if_ours(job, record) is None
+    record = slurm_job_if_ours(job, record)
     if record is not None and _is_final_record(record):
         return Observation(Seen.FOUND, record, "sacct")
     if not live.ok:
@@ -110,8 +110,12 @@ def observe(job: TrackedJob, live: QueryResult, history: QueryResult | None) -> 
     return Observation(Seen.MISSING, detail="neither squeue nor sacct lists the job")
 
 
-def _ours(job: TrackedJob, found: SlurmJob | None) -> SlurmJob | None:
-    """The Slurm job if it carries our job's name (ids wrap; a wiped slurmctld starts again at 1)."""
+def slurm_job_if_ours(job: TrackedJob, found: SlurmJob | None) -> SlurmJob | None:
+    """The identity rule: a Slurm job is this UCloud job's only if it carries the name the provider gave
+    it (its UCloud id), since Slurm ids wrap and a wiped slurmctld starts again at 1.
+
+    Jobs tracked before names were recorded (``expected_name`` None) are taken on their id alone.
+    """
     if found is None:
         return None
     if job.expected_name is not None and found.name != job.expected_name:

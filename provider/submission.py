@@ -169,6 +169,26 @@ def time_limit_seconds(job: Job, product: ProductSection) -> int:
     return seconds
 
 
+def plan_extension(job: Job, product: ProductSection, requested_seconds: int) -> int:
+    """The job's new total time limit in seconds after an extension by ``requested_seconds``.
+
+    The current total is what Core says the job was given (the product's maximum if it gave none);
+    the new total may not pass the product's maximum, and products must allow extension at all.
+    """
+    if not product.time_extension:
+        raise RequestRefused("Extension of jobs is not supported for this product")
+    if requested_seconds <= 0:
+        raise RequestRefused("The requested extension must be longer than zero")
+    limit = product.max_time_minutes * 60
+    allocation = job.specification.time_allocation
+    total = (allocation.total_seconds() if allocation else limit) + requested_seconds
+    if total > limit:
+        raise RequestRefused(
+            f"The new time allocation ({format_time(total)}) is longer than this product allows ({format_time(limit)})"
+        )
+    return total
+
+
 @dataclass(frozen=True)
 class ParameterPlan:
     """What a job's parameters and resources become: the script's environment, and what was left out."""

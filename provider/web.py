@@ -35,7 +35,7 @@ from provider.appkeys import (
     USAGE_SENDER,
     VERIFIER,
 )
-from provider.config import Settings, read_refresh_token
+from provider.config import LiveSettings, Settings, read_refresh_token
 from provider.edge import LIMITS, Refused, RequestLimits, check_username_header
 from provider.jobs import JobService, SlurmUnavailable
 from provider.metrics import Metrics, Snapshot, UsageSnapshot
@@ -124,7 +124,7 @@ async def ucloud_auth(request: web.Request, handler: Handler) -> web.StreamRespo
             log.warning("auth.rejected", path=request.path, why=str(exc))
             raise ApiError(401, str(exc)) from None
         provider_id = request.match_info.get("provider_id")
-        if provider_id is not None and provider_id != request.app[SETTINGS].provider.id:
+        if provider_id is not None and provider_id != request.app[SETTINGS].current.provider.id:
             raise ApiError(404, f"This is not provider '{provider_id}'")
     return await handler(request)
 
@@ -214,7 +214,7 @@ def make_app(
         middlewares=[errors_and_request_ids, ucloud_auth, request_limits],
         client_max_size=settings.server.max_body_bytes,
     )
-    app[SETTINGS] = settings
+    app[SETTINGS] = live = LiveSettings(settings)
     app[LIMITS] = RequestLimits.from_settings(settings.server)
     app[VERIFIER] = TokenVerifier(load_public_key(settings.ucloud.public_key_file))
     app[METRICS] = Metrics()
@@ -283,7 +283,7 @@ def make_app(
         )
         app[SWEEPER] = sweeper
         app[JOBS] = JobService(
-            settings,
+            live,
             app[STORE],
             app[BACKEND],
             control,
@@ -332,7 +332,7 @@ def make_app(
         meter = UsageMeter(
             app[STORE],
             sacct,
-            lambda: app[JOBS].settings.products,  # SIGHUP reloads products
+            lambda: live.current.products,  # SIGHUP reloads products
             give_up_ms=int(acc.give_up_after * 1000),
             clock=clock,
             on_queued=sender.wake,

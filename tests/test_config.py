@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from provider.cli import main
-from provider.config import ConfigError, Settings, load_settings
+from provider.config import ConfigError, LiveSettings, Settings, load_settings
 
 EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
 
@@ -84,3 +84,16 @@ def test_check_config_passes_with_real_files(tmp_path: Path, capsys: pytest.Capt
     )
     assert main(["check-config", "--config", str(path)]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+def test_a_reload_changes_what_every_reader_sees_and_names_what_needs_a_restart(tmp_path: Path) -> None:
+    first = load_settings(write(tmp_path, '[[products]]\nid = "cpu-1"\ncategory = "cpu"\n'))
+    live = LiveSettings(first)
+    held = live  # what the job service, the routes and the usage meter hold
+    second = load_settings(
+        write(tmp_path, '[server]\nport = 9999\n[[products]]\nid = "cpu-2"\ncategory = "cpu"\n')
+    )
+    restart = live.reload(second)
+    assert [p.id for p in held.current.products] == ["cpu-2"]
+    assert restart == ["server"]
+    assert held.current.server.port == first.server.port  # a restart section keeps its running value

@@ -12,6 +12,7 @@ from provider.submission import (
     RequestRefused,
     explain_sbatch_error,
     format_time,
+    plan_extension,
     plan_submission,
     unix_user_for,
 )
@@ -130,3 +131,24 @@ def test_format_time() -> None:
 def test_sbatch_errors_become_sentences_with_slurms_own_words(stderr: str, start: str) -> None:
     why = explain_sbatch_error(stderr)
     assert why.startswith(start) and "sbatch: error" not in why
+
+
+@pytest.mark.parametrize(
+    ("allowed", "allocation", "extra", "outcome"),
+    [
+        (True, (1, 30, 0), 1800, 7200),  # 1 h 30 + 30 min = the product's 2 h maximum
+        (True, None, 60, "longer than this product allows (0-02:00:00)"),  # no allocation: already at the maximum
+        (True, (1, 30, 0), 1801, "The new time allocation (0-02:00:01) is longer"),
+        (True, (1, 0, 0), 0, "must be longer than zero"),
+        (False, (1, 0, 0), 60, "Extension of jobs is not supported for this product"),
+    ],
+)
+def test_an_extension_is_planned_from_the_allocation_core_gave(
+    allowed: bool, allocation: tuple[int, int, int] | None, extra: int, outcome: int | str
+) -> None:
+    product = SETTINGS.products[0].model_copy(update={"time_extension": allowed})
+    if isinstance(outcome, int):
+        assert plan_extension(job(time_allocation=allocation), product, extra) == outcome
+    else:
+        with pytest.raises(RequestRefused, match=outcome.replace("(", r"\(").replace(")", r"\)")):
+            plan_extension(job(time_allocation=allocation), product, extra)
