@@ -15,8 +15,6 @@ import argparse
 import base64
 import gzip
 import http.client
-import json
-import os
 import socket
 import subprocess
 import sys
@@ -27,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provider.ucloud.devcore import DevCoreKeys  # noqa: E402
+from provider.ucloud.devcore import DevCoreKeys
 
 
 def free_port() -> int:
@@ -68,14 +66,14 @@ def open_time(port: int, send: bytes, drip: bytes, interval: float, limit: float
             try:
                 if sock.recv(65536) == b"":
                     return time.monotonic() - started
-            except socket.timeout:
+            except TimeoutError:
                 pass
             sock.sendall(bytes([byte]))
         while time.monotonic() - started <= limit:
             try:
                 if sock.recv(65536) == b"":
                     return time.monotonic() - started
-            except socket.timeout:
+            except TimeoutError:
                 pass
         return float("inf")
     except (ConnectionResetError, BrokenPipeError):
@@ -128,7 +126,7 @@ format = "json"
                 break
             except OSError:
                 if time.monotonic() > deadline or daemon.poll() is not None:
-                    raise SystemExit(f"the daemon did not start; see {work / 'daemon.log'}")
+                    raise SystemExit(f"the daemon did not start; see {work / 'daemon.log'}") from None
                 time.sleep(0.2)
         auth = {"Authorization": f"Bearer {keys.service_token()}"}
         verify = "/ucloud/slurm/jobs/verify"
@@ -162,7 +160,7 @@ format = "json"
         for name, (send, drip) in kinds.items():
             times: list[float] = []
             threads = [
-                threading.Thread(target=lambda: times.append(open_time(port, send, drip, 1.0, args.limit)))
+                threading.Thread(target=lambda t=times, s=send, d=drip: t.append(open_time(port, s, d, 1.0, args.limit)))
                 for _ in range(args.loris)
             ]
             for t in threads:

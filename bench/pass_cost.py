@@ -22,13 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provider.logs import configure_logging  # noqa: E402
-from provider.reconcile import DebounceRules  # noqa: E402
-from provider.slurm.commands import CommandBackend, sacct_argv, squeue_argv  # noqa: E402
-from provider.slurm.process import run_command, slurm_environment  # noqa: E402
-from provider.slurm.states import StateTable  # noqa: E402
-from provider.store import Store  # noqa: E402
-from provider.sync import Belief, Synchronizer, now_ms  # noqa: E402
+from provider.logs import configure_logging
+from provider.reconcile import DebounceRules
+from provider.slurm.commands import CommandBackend, sacct_argv, squeue_argv
+from provider.slurm.process import run_command, slurm_environment
+from provider.states import StateTable
+from provider.store import Store
+from provider.sync import Belief, Synchronizer, now_ms
 
 
 async def timed(coro_factory, repeat: int) -> float:  # type: ignore[no-untyped-def]

@@ -24,15 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provider.accounting import Owner, UsageSubject  # noqa: E402
-from provider.config import ProductSection  # noqa: E402
-from provider.logs import configure_logging  # noqa: E402
-from provider.slurm.commands import CommandBackend, sacct_usage_args  # noqa: E402
-from provider.slurm.process import run_command, slurm_environment  # noqa: E402
-from provider.store import Store  # noqa: E402
-from provider.sync import now_ms  # noqa: E402
-from provider.ucloud.models import JobState  # noqa: E402
-from provider.usage import UsageMeter  # noqa: E402
+from provider.accounting import Owner, UsageSubject
+from provider.config import ProductSection
+from provider.logs import configure_logging
+from provider.slurm.commands import CommandBackend, sacct_usage_args
+from provider.slurm.process import run_command, slurm_environment
+from provider.store import Store
+from provider.sync import now_ms
+from provider.ucloud.models import JobState
+from provider.usage import UsageMeter
 
 PRODUCTS = [
     ProductSection(id="cpu-1", category="cpu", cpus=1),

@@ -32,6 +32,8 @@ install -d -m 0755 "$PREFIX"
 [ -x "$PREFIX/venv/bin/python" ] || "$PYTHON" -m venv "$PREFIX/venv"
 "$PREFIX/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$PREFIX/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$ROOT"
+install -d -m 0755 "$PREFIX/doc"
+install -m 0644 "$ROOT/docs/admin.md" "$ROOT/config.example.toml" "$PREFIX/doc/"
 echo "install: $("$PREFIX/venv/bin/ucloud-slurm-provider" --help >/dev/null && echo daemon installed) in $PREFIX/venv"
 
 install -d -m 0750 -o root -g "$SERVICE_USER" "$CONF_DIR"
@@ -48,6 +50,7 @@ done
 
 install -d -m 0755 "$UNIT_DIR"
 sed -e "s#/opt/ucloud-slurm-provider/venv#$PREFIX/venv#g" \
+    -e "s#/opt/ucloud-slurm-provider/doc#$PREFIX/doc#g" \
     -e "s#/etc/ucloud-slurm-provider/config.toml#$CONF_DIR/config.toml#g" \
     -e "s#^User=ucloud-provider#User=$SERVICE_USER#" -e "s#^Group=ucloud-provider#Group=$SERVICE_USER#" \
     "$ROOT/systemd/$UNIT" >"$UNIT_DIR/$UNIT.tmp"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian 12/13 machine, as root:
-#   Debian packages (Slurm, munge, MariaDB), the virtual environment, then pytest.
+#   Debian packages (Slurm, munge, MariaDB), the virtual environment, ruff and mypy, then pytest.
 # The test session starts its own single-host Slurm (in /tmp/ucloud-slurm-test, ports 69xx) and stops
 # it at the end. Arguments go to pytest, e.g.  deploy/test.sh -m "not slow"
 set -euo pipefail
@@ -15,4 +15,7 @@ if ((${#missing[@]})); then
 fi
 "$ROOT/deploy/bootstrap.sh"
 cd "$ROOT"
+# Lint and types first (seconds): a finding fails the run as a test would.
+"$ROOT/.venv/bin/ruff" check provider tests bench
+"$ROOT/.venv/bin/mypy"
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -10,7 +11,7 @@ from aiohttp import web
 from provider.config import LiveSettings
 from provider.jobs import JobService
 from provider.metrics import Metrics
-from provider.monitor import OutboxSender
+from provider.outbox import OutboxSender
 from provider.slurm.backend import SlurmBackend
 from provider.store import Store
 from provider.sweeper import Sweeper
@@ -31,5 +32,7 @@ JOBS = web.AppKey("jobs", JobService)
 METRICS = web.AppKey("metrics", Metrics)
 USAGE_METER = web.AppKey("usage_meter", UsageMeter)
 USAGE_SENDER = web.AppKey("usage_sender", UsageSender)
+CLOCK: web.AppKey[Callable[[], int]] = web.AppKey("clock")  # milliseconds since the epoch (tests move it)
+BACKEND_GIVEN: web.AppKey[SlurmBackend | None] = web.AppKey("backend_given")  # a test's backend, else None
 TASKS = web.AppKey("tasks", list[asyncio.Task[None]])  # the background loops, for the watchdog
 CLAIMS = web.RequestKey("claims", dict[str, Any])

@@ -15,12 +15,10 @@ import structlog
 
 from provider.config import DEFAULT_CONFIG_DIR, ConfigError, Settings, load_settings, read_refresh_token
 from provider.logs import configure_logging
-from provider.reconcile import DebounceRules
 from provider.slurm.select import BackendUnavailable, close_backend, open_backend, select_backend
-from provider.slurm.states import StateTable
 from provider.slurm.types import is_valid_slurm_id
 from provider.store import Store, StoreError
-from provider.sync import PassReport, PassTimings, Synchronizer, now_ms
+from provider.sync import PassReport, now_ms, synchronizer_from_settings
 from provider.ucloud.auth import PublicKeyError, load_public_key
 
 if TYPE_CHECKING:
@@ -306,22 +304,15 @@ def cmd_verify_dry_run(args: argparse.Namespace) -> int:
 
 async def _plan(settings: Settings, store: Store) -> PassReport:
     """What the next pass would decide for every active job; nothing is stored or sent."""
-    rec = settings.reconcile
     backend = await open_backend(settings.slurm)
-    sync = Synchronizer(
-        store,
-        backend,
-        StateTable(settings.slurm.states),
-        DebounceRules(rec.missing_checks, int(rec.missing_window * 1000), int(rec.missing_min_age * 1000)),
-        PassTimings(int(rec.unknown_job_grace * 1000), rec.confirm_interval),
-    )
+    sync = synchronizer_from_settings(settings, store, backend)
     try:
         return await sync.plan({}, include_active=True)
     finally:
         await close_backend(backend)
 
 
-def print_table(rows: list[tuple[str, ...]]) -> None:
+def print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

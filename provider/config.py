@@ -55,7 +55,7 @@ class UCloudSection(_Section):
 
 class SlurmSection(_Section):
     backend: Literal["auto", "pyslurm", "cli"] = "auto"
-    cluster: str = ""  # "" = ClusterName from the running Slurm's configuration
+    cluster: str = ""  # a name for this cluster, stored with every job and in Core's job ids; "" = "slurm"
     conf: str = ""  # SLURM_CONF for every Slurm call; "" = inherit (or Slurm's own default)
     bin_dir: str = ""  # where squeue/sacct/sbatch live; "" = PATH
     query_timeout: PositiveSeconds = 30.0

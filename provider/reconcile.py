@@ -10,8 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from provider.slurm.states import StateTable
 from provider.slurm.types import FINISHED_BASE_STATES, QueryResult, SlurmJob
+from provider.states import StateTable
 from provider.ucloud.models import NO_LONGER_AVAILABLE, JobState, JobUpdate
 
 

@@ -227,12 +227,12 @@ def parameter_environment(
         elif name not in app.parameters:
             ignored.append(name)
     for name, spec in app.parameters.items():
-        value = given.get(name)
-        if value is None:
+        declared = given.get(name)
+        if declared is None:
             if not spec.optional:
                 raise RequestRefused(f"The parameter '{name}' is required")
             continue
-        env[parameter_variable(name)] = _value_text(name, spec.type, value, table)
+        env[parameter_variable(name)] = _value_text(name, spec.type, declared, table)
     mounts, read_only = [], []
     for resource in resources or ():
         if resource.type != "file":

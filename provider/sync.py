@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from provider.config import Settings
 from provider.reconcile import (
     DebounceRules,
     Decision,
@@ -29,8 +30,8 @@ from provider.reconcile import (
     observe,
 )
 from provider.slurm.backend import SlurmBackend
-from provider.slurm.states import StateTable
 from provider.slurm.types import QueryResult
+from provider.states import StateTable
 from provider.store import Store
 from provider.ucloud.models import JobState
 
@@ -68,6 +69,31 @@ class PassTimings:
 
     unknown_job_grace_ms: int = 60_000
     confirm_interval_s: float = 30.0
+
+
+def synchronizer_from_settings(
+    settings: Settings,
+    store: Store,
+    backend: SlurmBackend,
+    *,
+    clock: Callable[[], int] = now_ms,
+    on_queued: Callable[[], None] = lambda: None,
+) -> Synchronizer:
+    """The one place ``[reconcile]`` and ``[slurm.states]`` become a Synchronizer (daemon and CLI alike)."""
+    rec = settings.reconcile
+    return Synchronizer(
+        store,
+        backend,
+        StateTable(settings.slurm.states),
+        DebounceRules(
+            checks=rec.missing_checks,
+            window_ms=int(rec.missing_window * 1000),
+            min_age_ms=int(rec.missing_min_age * 1000),
+        ),
+        PassTimings(unknown_job_grace_ms=int(rec.unknown_job_grace * 1000), confirm_interval_s=rec.confirm_interval),
+        clock=clock,
+        on_queued=on_queued,
+    )
 
 
 class Synchronizer:
@@ -234,9 +260,9 @@ class Synchronizer:
         beliefs = dict(pending)
         tracked: dict[str, TrackedJob] = await asyncio.to_thread(self.store.get, beliefs.keys())
         if include_active:
-            for job in await asyncio.to_thread(self.store.active):
-                tracked.setdefault(job.ucloud_id, job)
-                beliefs.setdefault(job.ucloud_id, Belief())
+            for active in await asyncio.to_thread(self.store.active):
+                tracked.setdefault(active.ucloud_id, active)
+                beliefs.setdefault(active.ucloud_id, Belief())
         now = self._clock()
         decisions: list[Decision] = []
         to_observe: list[TrackedJob] = []
@@ -266,3 +292,21 @@ class Synchronizer:
 
     def _decide(self, job: TrackedJob, belief: Belief, observation: Observation, now: int) -> Decision:
         return decide_tracked(job, belief.believed, observation, self.table, self.rules, now)
+
+
+# -- the daemon's own schedule ---------------------------------------------------------------------
+
+
+async def monitor_loop(sync: Synchronizer, interval: float, max_interval: float) -> None:
+    """The monitor: current UCloud/Core never calls verify, so the provider notices every state change
+    itself. Every ``interval`` seconds reconcile every active job; back off (up to ``max_interval``) while
+    Slurm fails, so an outage does not become a storm of queries against a struggling slurmctld."""
+    delay = interval
+    while True:
+        report = await sync.request_active()
+        if report.slurm_failed or report.error:
+            delay = min(max_interval, delay * 2)
+            log.warning("monitor.backing_off", next_in=delay, error=report.error or "a Slurm query failed")
+        else:
+            delay = interval
+        await asyncio.sleep(delay)

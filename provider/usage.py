@@ -19,7 +19,7 @@ import structlog
 from provider.accounting import JobUsage, Owner, Unit, matching_record, next_usage, report_item, total_units, usage_scope
 from provider.config import ProductSection
 from provider.jobs import still_ours
-from provider.monitor import RetryingDrainer
+from provider.outbox import RetryingDrainer
 from provider.products import rates
 from provider.slurm.backend import SlurmBackend
 from provider.slurm.commands import CommandBackend

@@ -8,51 +8,40 @@ to Core, the pass worker, the monitor, the outbox sender) is set up and torn dow
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-import aiohttp
 import structlog
 from aiohttp import web
 
 from provider.api import ApiError, add_routes, error_response
 from provider.appkeys import (
     BACKEND,
+    BACKEND_GIVEN,
     CLAIMS,
+    CLOCK,
     CORE,
-    JOBS,
     METRICS,
     SENDER,
     SETTINGS,
     STORE,
-    SWEEPER,
     SYNC,
     TASKS,
     USAGE_METER,
     USAGE_SENDER,
     VERIFIER,
 )
-from provider.config import LiveSettings, Settings, read_refresh_token
+from provider.config import LiveSettings, Settings
 from provider.edge import LIMITS, Refused, RequestLimits, check_username_header
-from provider.jobs import JobService, SlurmUnavailable
+from provider.jobs import SlurmUnavailable
+from provider.lifetimes import LIFETIMES
 from provider.metrics import Metrics, Snapshot, UsageSnapshot
-from provider.monitor import OutboxSender, monitor_loop
-from provider.reconcile import DebounceRules
 from provider.slurm.backend import SlurmBackend
-from provider.slurm.commands import CommandBackend
-from provider.slurm.control import SlurmControl
-from provider.slurm.select import close_backend, open_backend
-from provider.slurm.states import StateTable
-from provider.store import Store
 from provider.submission import RequestRefused
-from provider.sweeper import Sweeper, SweepRules
-from provider.sync import PassTimings, Synchronizer, now_ms
+from provider.sync import now_ms
 from provider.ucloud.auth import TokenVerifier, Unauthorized, load_public_key
-from provider.ucloud.core import CoreClient
-from provider.usage import UsageMeter, UsageSender, cancel_owner_jobs, usage_loop
 
 log = structlog.get_logger(__name__)
 
@@ -200,7 +189,7 @@ def usage_snapshot(app: web.Application) -> UsageSnapshot | None:
     )
 
 
-# -- lifetime --------------------------------------------------------------------------------------
+# -- the application ------------------------------------------------------------------------------
 
 
 def make_app(
@@ -209,161 +198,27 @@ def make_app(
     backend: SlurmBackend | None = None,
     clock: Callable[[], int] = now_ms,
 ) -> web.Application:
-    """Build the daemon. ``backend`` replaces the configured Slurm backend (tests count its calls)."""
+    """Build the daemon. ``backend`` replaces the configured Slurm backend (tests count its calls).
+
+    Each resource with a lifetime is one generator in ``provider.lifetimes``, in start-up order;
+    shutdown runs them backwards.
+    """
     app = web.Application(
         middlewares=[errors_and_request_ids, ucloud_auth, request_limits],
         client_max_size=settings.server.max_body_bytes,
     )
-    app[SETTINGS] = live = LiveSettings(settings)
+    app[SETTINGS] = LiveSettings(settings)
+    app[CLOCK] = clock
+    app[BACKEND_GIVEN] = backend
     app[LIMITS] = RequestLimits.from_settings(settings.server)
     app[VERIFIER] = TokenVerifier(load_public_key(settings.ucloud.public_key_file))
     app[METRICS] = Metrics()
     app[TASKS] = []
     app[METRICS].read_from(lambda: snapshot(app))
-    refresh_token = read_refresh_token(settings.ucloud)
-
-    async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[BACKEND] = backend or await open_backend(settings.slurm)
-        app[BACKEND].observer = app[METRICS].observe_slurm
-        yield
-        if backend is None:
-            await close_backend(app[BACKEND])
-
-    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[STORE] = await asyncio.to_thread(Store, settings.store.path)
-        log.info("store.opened", path=str(settings.store.path))
-        yield
-        await asyncio.to_thread(app[STORE].close)
-
-    async def core_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with aiohttp.ClientSession() as session:
-            app[CORE] = CoreClient(settings.ucloud.url, refresh_token, session, timeout=settings.ucloud.timeout)
-            sender = OutboxSender(
-                app[STORE],
-                app[CORE],
-                batch=settings.reconcile.outbox_batch,
-                max_backoff=settings.reconcile.outbox_max_backoff,
-            )
-            app[SENDER] = sender
-            async with background(sender.run(), "outbox", app[TASKS]) as task:
-                yield
-                # Shutdown: the request in flight is answered first (see OutboxSender.stop) ...
-                sender.stop()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(settings.ucloud.timeout + 1):
-                        await asyncio.shield(task)
-            # ... then one last attempt to hand Core what is queued; what is not sent stays stored.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(sender.drain(), timeout=5)
-
-    async def sync_ctx(app: web.Application) -> AsyncIterator[None]:
-        rec = settings.reconcile
-        sync = Synchronizer(
-            app[STORE],
-            app[BACKEND],
-            StateTable(settings.slurm.states),
-            DebounceRules(
-                checks=rec.missing_checks,
-                window_ms=int(rec.missing_window * 1000),
-                min_age_ms=int(rec.missing_min_age * 1000),
-            ),
-            PassTimings(unknown_job_grace_ms=int(rec.unknown_job_grace * 1000), confirm_interval_s=rec.confirm_interval),
-            clock=clock,
-            on_queued=app[SENDER].wake,
-        )
-        app[SYNC] = sync
-        control = SlurmControl(slurm_conf=settings.slurm.conf or None, bin_dir=settings.slurm.bin_dir)
-        sweeper = Sweeper(
-            app[STORE],
-            control,
-            in_flight=lambda: app[JOBS].in_flight,
-            rules=SweepRules(checks=rec.missing_checks, window_ms=int(rec.missing_window * 1000)),
-            interval=rec.confirm_interval,
-            clock=clock,
-        )
-        app[SWEEPER] = sweeper
-        app[JOBS] = JobService(
-            live,
-            app[STORE],
-            app[BACKEND],
-            control,
-            sync,
-            on_queued=app[SENDER].wake,
-            on_unsettled=sweeper.wake,
-            clock=clock,
-        )
-        async with background(sync.run(), "reconcile", app[TASKS]):
-            async with background(monitor_loop(sync, rec.interval, rec.max_interval), "monitor", app[TASKS]):
-                async with background(sweeper.run(), "sweeper", app[TASKS]):
-                    yield
-            # Shutdown: decide what was already accepted (a verify answered {}), so its updates reach
-            # the outbox before the sender's last drain.
-            await sync.flush(timeout=10)
-
-    async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
-        """Usage accounting: the pass loop (sacct) and the sender of totals to Core."""
-        acc = settings.accounting
-        if not acc.enabled:
-            log.info("usage.disabled")
-            yield
-            return
-        # Accounting always reads sacct's text (the command backend), whichever backend follows states.
-        followed = app[BACKEND]
-        if isinstance(followed, CommandBackend):
-            sacct = followed
-        else:
-            sacct = CommandBackend(
-                slurm_conf=settings.slurm.conf or None, timeout=settings.slurm.query_timeout, bin_dir=settings.slurm.bin_dir
-            )
-            sacct.observer = app[METRICS].observe_slurm
-        policy = None
-        if acc.on_exhausted == "cancel":
-            control = SlurmControl(slurm_conf=settings.slurm.conf or None, bin_dir=settings.slurm.bin_dir)
-            policy = cancel_owner_jobs(app[STORE], app[BACKEND], control)
-        sender = UsageSender(
-            app[STORE],
-            app[CORE],
-            settings.provider.id,
-            batch=acc.batch,
-            clock=clock,
-            on_exhausted=policy,
-            max_backoff=settings.reconcile.outbox_max_backoff,
-        )
-        meter = UsageMeter(
-            app[STORE],
-            sacct,
-            lambda: live.current.products,  # SIGHUP reloads products
-            give_up_ms=int(acc.give_up_after * 1000),
-            clock=clock,
-            on_queued=sender.wake,
-        )
-        app[USAGE_SENDER], app[USAGE_METER] = sender, meter
-        async with background(sender.run(), "usage_sender", app[TASKS]):
-            async with background(usage_loop(meter, acc.interval), "usage", app[TASKS]):
-                yield
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(sender.drain(), timeout=5)
-
-    app.cleanup_ctx.extend([backend_ctx, store_ctx, core_ctx, sync_ctx, usage_ctx])
+    app.cleanup_ctx.extend(LIFETIMES)
     add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     log.info("app.configured", provider_id=settings.provider.id)
     return app
-
-
-@contextlib.asynccontextmanager
-async def background(
-    coro: Awaitable[None], name: str, registry: list[asyncio.Task[None]]
-) -> AsyncIterator[asyncio.Task[None]]:
-    """Run ``coro`` as a task for the duration of the block (listed in ``registry`` for the watchdog)."""
-    task = asyncio.ensure_future(coro)
-    task.set_name(name)
-    registry.append(task)
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

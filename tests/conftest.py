@@ -19,14 +19,14 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from provider.appkeys import STORE, SYNC
 from provider.config import Settings, settings_from_dict
 from provider.slurm.commands import CommandBackend
 from provider.slurm.types import FINISHED_BASE_STATES
 from provider.store import Store
 from provider.sync import Synchronizer
-from provider.ucloud.models import JobState
 from provider.ucloud.devcore import DevCore, DevCoreKeys, call_provider, job_body, send_verify
-from provider.appkeys import STORE, SYNC
+from provider.ucloud.models import JobState
 from provider.web import make_app
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import pytest
 
 from provider.accounting import (
@@ -22,7 +25,7 @@ from provider.accounting import (
 )
 from provider.config import ConfigError, ProductSection, settings_from_dict
 from provider.products import product_v2, rate_of
-from provider.slurm.parse import ParseError, UNIT_SEPARATOR, allocation_from_tres, parse_sacct_usage
+from provider.slurm.parse import UNIT_SEPARATOR, ParseError, allocation_from_tres, parse_sacct_usage
 from provider.slurm.types import parse_state
 from provider.usage import pricer
 
@@ -245,5 +248,5 @@ def test_sacct_ids_are_split_only_beyond_the_kernels_argument_limit() -> None:
     assert id_chunks(ten_thousand) == [ten_thousand]  # 80,000 characters: one call
     many = [str(1_000_000_000 + i) for i in range(20_000)]  # 220,000 characters
     chunks = id_chunks(many)
-    assert len(chunks) == 3 and sum(chunks, []) == many
+    assert len(chunks) == 3 and functools.reduce(operator.iadd, chunks, []) == many
     assert all(len(",".join(c)) < 128 * 1024 for c in chunks)

@@ -58,7 +58,7 @@ def test_state_override_must_name_a_ucloud_state(tmp_path: Path) -> None:
 
 
 def test_broken_toml_is_reported_with_the_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="provider.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"provider\.toml: not valid TOML"):
         load_settings(write(tmp_path, "[server\n"))
 
 

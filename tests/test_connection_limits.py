@@ -44,7 +44,7 @@ def seconds_until_closed(sock: socket.socket, drip: bytes = b"", every: float = 
             if not chunk:
                 return time.monotonic() - started, received
             received += chunk
-        except socket.timeout:
+        except TimeoutError:
             pass
         except ConnectionResetError:
             return time.monotonic() - started, received

@@ -107,7 +107,7 @@ def test_file_parameters_and_mounts_become_cluster_paths() -> None:
     plan = parameter_environment(
         APP,
         values(steps={"type": "integer", "value": 1}, input={"type": "file", "path": "/1234/Home/in.txt"}),
-        mounts(("/1234/data", False), ("/77/ref", True)) + [AppParameterValue.model_validate(go_value({"type": "ingress", "id": "9"}))],
+        [*mounts(("/1234/data", False), ("/77/ref", True)), AppParameterValue.model_validate(go_value({"type": "ingress", "id": "9"}))],
         TABLE,
     )
     env = plan.environment

@@ -123,7 +123,7 @@ def test_the_username_header_is_checked_after_base64(username: bytes, says: str)
 
 
 def test_a_plain_username_header_passes() -> None:
-    check_username_header({"ucloud-username": base64.b64encode("donna#1234".encode()).decode()}, LIMITS)
+    check_username_header({"ucloud-username": base64.b64encode(b"donna#1234").decode()}, LIMITS)
     check_username_header({}, LIMITS)
     with pytest.raises(Refused, match="not valid base64"):
         check_username_header({"ucloud-username": "not base64!"}, LIMITS)

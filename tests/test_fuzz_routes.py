@@ -201,7 +201,7 @@ def test_every_route_survives_hostile_bodies_and_headers(
     target: Client, slurm: LocalSlurm, keys: DevCoreKeys, tmp_path: Path
 ) -> None:
     every_route = routes(keys, tmp_path)
-    assert (f"POST", f"/ucloud/{PROVIDER_ID}/jobs") in every_route and len(every_route) >= 8
+    assert ("POST", f"/ucloud/{PROVIDER_ID}/jobs") in every_route and len(every_route) >= 8
     time.sleep(1.1)  # sacct -S is to the second: start after whatever ran before
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
     baseline_rss = target.daemon.peak_rss_mb()

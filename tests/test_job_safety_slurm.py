@@ -341,7 +341,7 @@ async def test_the_daemon_killed_between_sbatch_and_commit_leaves_no_orphan(
     tmp_path: Path,
     held_sbatch: Path,
 ) -> None:
-    devcore, core_url = core
+    _devcore, core_url = core
     config, store, log = tmp_path / "provider.toml", tmp_path / "state" / "provider.sqlite3", tmp_path / "daemon.log"
     port = daemon_config(config, keys, core_url, store, held_sections(app_script, tmp_path, held_sbatch, slurm))
     url = f"http://127.0.0.1:{port}"

@@ -37,7 +37,7 @@ async def test_metrics_count_the_slurm_queries_the_daemon_really_ran(
         passes = h.sync.passes
         believed = "IN_QUEUE" if n == 0 else "RUNNING"  # Core has RUNNING after the first update
         await h.verify([job_body(running, believed), job_body(gone, "RUNNING")])
-        await wait_for(lambda: h.sync.passes > passes, 30)
+        await wait_for(lambda before=passes: h.sync.passes > before, 30)
     await h.settled()
 
     text = await (await h.client.get("/metrics")).text()

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from conftest import HarnessFactory, wait_for
+from provider.appkeys import SENDER
 from provider.store import Store
 from provider.ucloud.devcore import DevCore
-from provider.appkeys import SENDER
 from provider.ucloud.models import JobState, JobUpdate
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from provider.slurm.commands import sacct_argv, squeue_argv
-from provider.slurm.process import CommandResult
 from provider.slurm.parse import SACCT_FIELDS, SQUEUE_FIELDS, ParseError, parse_sacct, parse_squeue
-from provider.slurm.states import StateTable
+from provider.slurm.process import CommandResult
 from provider.slurm.types import QueryResult
+from provider.states import StateTable
 from provider.ucloud.models import JobState
 
 CAPTURES = Path(__file__).parent / "data" / "slurm-captures"
@@ -111,7 +111,7 @@ def test_unknown_ids_give_empty_output(version: str) -> None:
 
 def test_the_pipe_separated_form_is_ambiguous_which_is_why_we_do_not_use_it() -> None:
     for version in VERSIONS:
-        line = next(l for l in read(version, "squeue").splitlines() if l.endswith("a|b c"))
+        line = next(row for row in read(version, "squeue").splitlines() if row.endswith("a|b c"))
         assert line.count("|") == len(SQUEUE_FIELDS)  # one more than the separators: a name broke it
 
 

@@ -14,8 +14,8 @@ from provider.reconcile import (
     needs_history,
     observe,
 )
-from provider.slurm.states import StateTable
 from provider.slurm.types import QueryResult, SlurmJob, parse_state
+from provider.states import StateTable
 from provider.ucloud.models import NO_LONGER_AVAILABLE, JobState
 
 NOW = 1_800_000_000_000

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from provider.monitor import OutboxSender
+from provider.outbox import OutboxSender
 from provider.store import Store
 from provider.ucloud.core import CoreClient
 from provider.ucloud.models import JobState, JobUpdate

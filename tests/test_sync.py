@@ -8,7 +8,7 @@ from pathlib import Path
 
 from provider.reconcile import DebounceRules
 from provider.slurm.commands import CommandBackend
-from provider.slurm.states import StateTable
+from provider.states import StateTable
 from provider.store import Store
 from provider.sync import Belief, PassTimings, Synchronizer
 

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from conftest import PROVIDER_ID, wait_for
 from provider.accounting import JobUsage, Owner, UsageSubject, report_item, usage_scope
 from provider.cli import main
 from provider.config import ProductSection
@@ -25,8 +26,6 @@ from provider.store import Store
 from provider.ucloud.core import CoreClient
 from provider.ucloud.devcore import DevCore, DevCoreKeys
 from provider.usage import UsageSender, pricer
-
-from conftest import PROVIDER_ID, wait_for
 
 PRODUCTS = [ProductSection(id="cpu-1", category="cpu", cpus=1), ProductSection(id="cpu-4", category="cpu", cpus=4)]
 DONNA = Owner("user", "donna#1234")
@@ -311,8 +310,8 @@ async def test_usage_command_shows_per_owner_and_category_what_was_reported_and_
 async def test_a_total_refused_because_the_category_was_not_registered_goes_out_once_it_is(
     tmp_path: Path, core: tuple[DevCore, str], client: CoreClient
 ) -> None:
-    from provider.usage import REFUSED_RETRY_MS, UsageMeter
     from provider.slurm.commands import CommandBackend
+    from provider.usage import REFUSED_RETRY_MS, UsageMeter
 
     dev, _ = core
     store = Store(tmp_path / "p.sqlite3")

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 import pytest
-from conftest import HarnessFactory, LocalSlurm, job_body, new_ucloud_id, wait_for
 
+from conftest import HarnessFactory, LocalSlurm, job_body, new_ucloud_id, wait_for
 from provider.slurm.types import FINISHED_BASE_STATES
 from provider.ucloud.models import NO_LONGER_AVAILABLE, JobState
 

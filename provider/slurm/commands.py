@@ -7,8 +7,8 @@ from typing import TypeVar
 
 import structlog
 
-from provider.slurm.backend import QueryBook
 from provider.accounting import UsageRecord
+from provider.slurm.backend import QueryBook
 from provider.slurm.parse import (
     SACCT_FIELDS,
     SACCT_USAGE_FIELDS,

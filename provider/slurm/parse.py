@@ -131,7 +131,7 @@ _MEMORY_SUFFIX_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024, "P": 10
 def _memory_mb(value: str) -> int:
     """A TRES memory amount (``2000M``, ``1.50G``, a bare number of MB) in whole MB."""
     value = value.strip().upper()
-    factor = _MEMORY_SUFFIX_MB.get(value[-1:], None)
+    factor = _MEMORY_SUFFIX_MB.get(value[-1:])
     number = value[:-1] if factor is not None else value
     try:
         return int(float(number) * (factor or 1))

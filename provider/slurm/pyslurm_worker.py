@@ -1,6 +1,6 @@
 """The pyslurm worker: a separate process that answers Slurm queries through pyslurm, one JSON line each.
 
-Why a process of its own (shared/reference/pyslurm.md): pyslurm never releases the GIL (a hung
+Why a process of its own (docs/admin.md, section 4, has the admin's side): pyslurm never releases the GIL (a hung
 slurmdbd freezes every thread for 90 s), ``import pyslurm`` with a bad ``SLURM_CONF`` ends the process,
 and pyslurm objects cannot be pickled. So the daemon talks to this program over stdin/stdout, kills it
 when a call overruns, and starts a new one. It uses nothing but the standard library and pyslurm, so a

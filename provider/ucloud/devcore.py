@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import jwt
@@ -312,13 +312,13 @@ def check_update_item(item: Any) -> dict[str, Any]:
         if value is None or kind in ("timestamp", "null"):
             continue
         wanted = {"option-string": str, "option-bool": bool, "option-list": list}.get(kind)
-        if kind == "option-int" and not _is_int(value) or wanted is not None and not isinstance(value, wanted):
+        if (kind == "option-int" and not _is_int(value)) or (wanted is not None and not isinstance(value, wanted)):
             raise WireError(f"{where} must be {kind.removeprefix('option-')} or null, not {json.dumps(value)}")
     for key in ("state", "expectedState"):
         value = update.get(key)
         if value is not None and value not in JOB_STATES:
             raise WireError(f"items[].update.{key} must be one of {JOB_STATES}, not {value!r}")
-    return item
+    return cast(dict[str, Any], item)
 
 
 def _is_int(value: Any) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import jwt
 from aiohttp import web
@@ -121,7 +121,7 @@ def check_product(product: Any, where: str = "items[]") -> dict[str, Any]:
         raise GoTypeError(f"{where}: the product, its category and its unit need names")
     if product["price"] < 0:
         raise GoTypeError(f"{where}.price must not be negative")
-    return product
+    return cast(dict[str, Any], product)
 
 
 def check_report(item: Any, where: str = "items[]") -> dict[str, Any]:
@@ -136,7 +136,7 @@ def check_report(item: Any, where: str = "items[]") -> dict[str, Any]:
         raise GoTypeError(f"{where}.owner.type must be user or project")
     _struct(item["categoryIdV2"], f"{where}.categoryIdV2", {"name": "str", "provider": "str"}, omitempty=("name", "provider"))
     _struct(item["description"], f"{where}.description", {"scope": "str?", "description": "str?"})
-    return item
+    return cast(dict[str, Any], item)
 
 
 class Forbidden(Exception):

@@ -28,8 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from goencode import GoJson, Raw  # noqa: E402
-from gosource import GoPackages, Source, TypeExpr, call_path, load_packages  # noqa: E402
+from goencode import GoJson, Raw
+from gosource import GoPackages, Source, TypeExpr, call_path, load_packages
 
 PINNED_COMMIT = "63551f4ea7f65fa1ef9946e6773cc60486b1530c"  # SDU-eScience/UCloud, 2026-08-21
 OUT = Path(__file__).resolve().parents[1] / "data" / "core-go"

@@ -180,10 +180,7 @@ class _TypeParser:
             return TypeExpr("basic", BASIC[first])
         if second is None and first in self.params:
             return TypeExpr("param", first)
-        if second is None:
-            qualified = f"{self.package}.{first}"
-        else:
-            qualified = f"{self.imports.get(first, first)}.{second}"
+        qualified = f"{self.package}.{first}" if second is None else f"{self.imports.get(first, first)}.{second}"
         args: list[TypeExpr] = []
         if s.startswith("[", self.i):
             self.i += 1
@@ -312,7 +309,7 @@ def load_packages(source: Source) -> GoPackages:
         for path in source.files(f"{SHARED}/{package}"):
             texts.append((package, path, source.read(path)))
     for _ in range(3):  # string constants may refer to each other across files
-        for package, path, text in texts:
+        for package, _path, text in texts:
             imports = _imports(text, package)
             for name, expr in _const_lines(text):
                 value = _string_value(expr, package, imports, result.consts)

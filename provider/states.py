@@ -1,4 +1,7 @@
-"""The Slurm -> UCloud state table (shared/reference/slurm-anchors.md section 4), with admin overrides.
+"""The Slurm -> UCloud state table, with admin overrides: the bridge between the two worlds.
+
+It lives beside the reconciliation rules rather than in ``provider.slurm``, so that ``slurm/`` speaks
+only Slurm. README.md ("Slurm → UCloud states") shows the table to admins.
 
 Every Slurm state has an explicit row. ``KEEP`` means "this says nothing final yet": the job keeps the
 state UCloud/Core already has (COMPLETING hides whether the job failed; an unmapped state is logged and

@@ -1,7 +1,6 @@
-"""The daemon's own schedule: the monitor loop that reconciles active jobs, and the outbox sender.
+"""The outbox sender: every update for Core leaves through here, in order, exactly once.
 
-Current UCloud/Core never calls verify, so the provider must notice every state change itself. The
-sender drains the outbox in order, at most 100 updates a request; a job Core refuses (404) is dropped
+The sender drains the outbox in order, at most 100 updates a request; a job Core refuses (404) is dropped
 alone and the rest are sent; anything else is retried with exponential back-off, so nothing is lost
 while Core is down.
 """
@@ -15,24 +14,9 @@ from collections.abc import Callable
 import structlog
 
 from provider.store import OutboxItem, Store
-from provider.sync import Synchronizer
 from provider.ucloud.core import CoreClient
 
 log = structlog.get_logger(__name__)
-
-
-async def monitor_loop(sync: Synchronizer, interval: float, max_interval: float) -> None:
-    """Every ``interval`` seconds reconcile every active job; back off (up to ``max_interval``) while
-    Slurm fails, so an outage does not become a storm of queries against a struggling slurmctld."""
-    delay = interval
-    while True:
-        report = await sync.request_active()
-        if report.slurm_failed or report.error:
-            delay = min(max_interval, delay * 2)
-            log.warning("monitor.backing_off", next_in=delay, error=report.error or "a Slurm query failed")
-        else:
-            delay = interval
-        await asyncio.sleep(delay)
 
 
 class RetryingDrainer:
@@ -63,6 +47,10 @@ class RetryingDrainer:
         """Send until the queue is empty (True) or Core fails (False)."""
         raise NotImplementedError
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     async def run(self) -> None:
         backoff = self._min_backoff
         while not self._stopping:
@@ -71,7 +59,7 @@ class RetryingDrainer:
             except Exception:  # the store failing must not kill the sender
                 log.exception(f"{self.name}.crashed")
                 progressed = False
-            if self._stopping:
+            if self.stopping:  # stop() may have come during the drain
                 return
             if progressed:
                 backoff = self._min_backoff
