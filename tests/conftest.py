@@ -95,6 +95,14 @@ class LocalSlurm:
         subprocess.run([*self.ctl_command, daemon, action], env=self.env(), check=True, timeout=120, capture_output=True)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the real Slurm (directly or through another fixture) is marked ``slurm``,
+    so ``pytest -m "not slurm"`` runs the pure and in-process tests alone, without starting a cluster."""
+    for item in items:
+        if "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
+
+
 # The test session's own cluster, beside (not instead of) a development cluster on the default ports.
 TEST_CLUSTER = {
     "SLURM_LOCAL_DIR": "/tmp/ucloud-slurm-test",

@@ -21,6 +21,8 @@ import pytest
 from edge_daemon import DaemonProcess, daemon_process, devcore_in_thread
 from provider.ucloud.devcore import DevCoreKeys
 
+pytestmark = pytest.mark.process
+
 LIMITS = {"header_timeout": 2.0, "body_timeout": 3.0, "idle_timeout": 4.0, "max_connections": 12}
 SLACK = 15.0
 T = TypeVar("T")  # far above scheduling noise, far below "never"

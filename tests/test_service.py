@@ -26,6 +26,9 @@ from aiohttp.test_utils import TestServer, unused_port
 from conftest import PROVIDER_ID, wait_for
 from provider.ucloud.devcore import DevCore, DevCoreKeys, call_provider, job_body
 
+pytestmark = pytest.mark.process
+
+
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "ucloud-slurm-provider.service"
 

@@ -21,6 +21,9 @@ from provider.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreUnusable, exp
 from provider.ucloud.devcore import DevCoreKeys
 from provider.ucloud.models import JobState, JobUpdate
 
+pytestmark = pytest.mark.process
+
+
 NOW = 1_800_000_000_000
 
 
