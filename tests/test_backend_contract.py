@@ -112,6 +112,9 @@ async def test_array_tasks_answer_to_their_display_ids(backend: SlurmBackend, sl
         assert result.ok
         assert {f"{array}_{t}" for t in range(3)} <= set(result.jobs)
         assert {result.jobs[f"{array}_{t}"].name for t in range(3)} == {"contract-array"}
+    # A tracked array task is asked for by its display id (``jobs track 123_1``): history must find it.
+    task = (await backend.finished_jobs([f"{array}_1"])).jobs.get(f"{array}_1")
+    assert task is not None and task.state.base == "COMPLETED" and task.name == "contract-array"
 
 
 async def test_unknown_ids_are_absent_from_both_answers(backend: SlurmBackend) -> None:

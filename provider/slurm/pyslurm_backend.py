@@ -49,6 +49,20 @@ def job_from_worker(data: dict[str, Any]) -> SlurmJob:
     )
 
 
+def history_ids(slurm_ids: Sequence[str]) -> set[int]:
+    """The numeric ids to ask pyslurm.db for: it takes raw job ids only, so an array task given as
+    ``<array>_<task>`` is asked for by its array's id, which returns every task of the array (each
+    indexed under ``<array>_<task>`` too, so the task is found)."""
+    ids: set[int] = set()
+    for slurm_id in slurm_ids:
+        if not is_valid_slurm_id(slurm_id):
+            continue
+        head = slurm_id.split("_", 1)[0]
+        if head.isdigit():
+            ids.add(int(head))
+    return ids
+
+
 class PyslurmBackend(QueryBook):
     name = "pyslurm"
 
@@ -162,8 +176,7 @@ class PyslurmBackend(QueryBook):
         return QueryResult.of([job_from_worker(j) for j in answer["jobs"]])
 
     async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
-        # pyslurm.db takes raw numeric ids; an array task given as <id>_<task> is found by its raw id.
-        ids = sorted({int(i) for i in slurm_ids if is_valid_slurm_id(i) and i.isdigit()})
+        ids = sorted(history_ids(slurm_ids))
         if not ids:
             return QueryResult.of([])
         answer = await self._call("pyslurm.db.Jobs", {"op": "history", "ids": ids})
