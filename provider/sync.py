@@ -136,6 +136,11 @@ class Synchronizer:
         """No pass is running and none is asked for (timers for later passes aside)."""
         return not self._busy and not self._pending and not self._include_active and self._next is None
 
+    @property
+    def waiting_later(self) -> frozenset[str]:
+        """The jobs waiting for a later pass (re-checks, terminates); empty when no timer is set."""
+        return frozenset(self._later) if self._later_handle is not None else frozenset()
+
     # -- requests -----------------------------------------------------------------------------------
 
     def request(self, beliefs: Mapping[str, Belief]) -> asyncio.Future[PassReport]:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from conftest import HarnessFactory, LocalSlurm, new_ucloud_id
+from helpers import HarnessFactory, LocalSlurm, new_ucloud_id
 from provider.slurm.backend import SlurmBackend
 from provider.slurm.commands import CommandBackend
 from provider.slurm.pyslurm_backend import PyslurmBackend, WorkerUnavailable

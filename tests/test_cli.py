@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LocalSlurm, new_ucloud_id
+from helpers import LocalSlurm, new_ucloud_id
 from provider.ucloud.devcore import DevCoreKeys
 
 pytestmark = pytest.mark.slurm

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from conftest import PROVIDER_ID, REPO, Harness, HarnessFactory, LocalSlurm, new_ucloud_id, wait_for
 from godecode import GoDecodeError, decode, load_call, load_types, load_unknown_keys_body
+from helpers import PROVIDER_ID, REPO, Harness, HarnessFactory, LocalSlurm, new_ucloud_id, wait_for
 from provider.ucloud.devcore import (
     GO_JOB_UPDATE,
     LEGACY_NULL_KEYS,

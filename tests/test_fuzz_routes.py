@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import LocalSlurm, daemon_settings, new_ucloud_id
 from edge_daemon import PROVIDER_ID, DaemonProcess, daemon_process, devcore_in_thread
+from helpers import LocalSlurm, daemon_settings, new_ucloud_id
 from provider.ucloud.devcore import DevCoreKeys, job_body
 from provider.web import make_app
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import PROVIDER_ID, HarnessFactory, job_body
+from helpers import PROVIDER_ID, HarnessFactory, wait_for
+from provider.slurm.backend import QueryBook
+from provider.slurm.types import QueryResult
+from provider.ucloud.devcore import job_body
 
 DATA = Path(__file__).parent / "data"
 
@@ -31,11 +36,45 @@ async def test_seed_scenario_byte_for_byte(make_harness: HarnessFactory) -> None
     assert sum(h.backend.calls.values()) == 0  # a job we never tracked needs no Slurm query
 
 
+class HeldSlurm(QueryBook):
+    """A Slurm backend whose squeue does not answer until the test lets it."""
+
+    name = "held"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def live_jobs(self) -> QueryResult:
+        async def held() -> QueryResult:
+            await self.release.wait()
+            return QueryResult.of([])
+
+        outcome = await self.counted("squeue", held)
+        assert not isinstance(outcome, str)
+        return outcome
+
+    async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
+        return QueryResult.of([])
+
+
 async def test_verify_answers_before_slurm_is_asked(make_harness: HarnessFactory) -> None:
-    h = await make_harness()
-    started = time.monotonic()
-    resp = await h.verify([job_body(str(n)) for n in range(1, 201)])
-    assert resp.status == 200 and time.monotonic() - started < 5
+    """Core's verify is answered {} at once; the pass that asks Slurm about the jobs runs after."""
+    backend = HeldSlurm()
+    backend.release.set()  # the start-up pass may run
+    h = await make_harness(backend=backend)
+    backend.release.clear()
+    ids = [str(n) for n in range(1, 201)]
+    for n, ucloud_id in enumerate(ids):
+        h.track(ucloud_id, str(5000 + n))  # tracked: the pass must ask squeue about them
+    before = backend.calls["squeue"]
+    async with asyncio.timeout(10):  # a verify that waited for the pass would wait for ever: fail instead
+        resp = await h.verify([job_body(i) for i in ids])
+    assert resp.status == 200 and await resp.json() == {}
+    await wait_for(lambda: backend.calls["squeue"] == before + 1, 10)  # the pass asks Slurm now...
+    assert not h.sync.idle  # ...and waits for it, after Core had its answer
+    backend.release.set()
+    await h.settled()
 
 
 async def test_a_job_created_moments_ago_is_not_failed(make_harness: HarnessFactory) -> None:

@@ -23,10 +23,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
-from conftest import PROVIDER_ID, Harness, HarnessFactory, LocalSlurm, job_body, new_ucloud_id, wait_for
+from helpers import PROVIDER_ID, Harness, HarnessFactory, LocalSlurm, new_ucloud_id, wait_for
 from provider.appkeys import SWEEPER
 from provider.store import Store
-from provider.ucloud.devcore import DevCore, DevCoreKeys, call_provider
+from provider.ucloud.devcore import DevCore, DevCoreKeys, call_provider, job_body
 from test_jobs_slurm import app_script, new_job, provider_sections  # noqa: F401 (app_script: a fixture)
 
 pytestmark = pytest.mark.slurm

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from conftest import PROVIDER_ID, Harness, HarnessFactory, LocalSlurm, job_body, new_ucloud_id, wait_for
+from helpers import PROVIDER_ID, Harness, HarnessFactory, LocalSlurm, new_ucloud_id, wait_for
+from provider.ucloud.devcore import job_body
 
 pytestmark = pytest.mark.slurm
 

@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from conftest import HarnessFactory, LocalSlurm, job_body, new_ucloud_id, wait_for
+from helpers import HarnessFactory, LocalSlurm, new_ucloud_id, wait_for
 from provider.appkeys import SENDER
+from provider.ucloud.devcore import job_body
 from provider.ucloud.models import JobState, JobUpdate
 
 

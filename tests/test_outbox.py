@@ -6,7 +6,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from conftest import HarnessFactory, wait_for
+import structlog
+import structlog.testing
+
+from helpers import HarnessFactory, wait_for
 from provider.appkeys import SENDER
 from provider.store import Store
 from provider.ucloud.devcore import DevCore
@@ -63,6 +66,19 @@ async def test_a_job_core_refuses_is_dropped_and_the_rest_delivered(make_harness
     await wait_for(lambda: len(h.core.updates) == 2, 30)
     assert [u["id"] for u in h.core.updates] == ["1", "3"]
     await wait_for(lambda: h.store.outbox_stats().depth == 0, 10)
+
+
+async def test_the_log_events_the_admin_guide_names_for_the_outbox(make_harness: HarnessFactory) -> None:
+    """docs/admin.md tells admins to search for outbox.sent and outbox.rejected_by_core, with these fields."""
+    h = await make_harness()
+    h.core.deleted_jobs.add("2")
+    with structlog.testing.capture_logs() as logs:
+        queue(h.store, ["1", "2", "3"])
+        h.client.app[SENDER].wake()  # type: ignore[index]
+        await wait_for(lambda: h.store.outbox_stats().depth == 0, 30)
+    rejected = [e for e in logs if e["event"] == "outbox.rejected_by_core"]
+    assert [e["ucloud_ids"] for e in rejected] == [["2"]] and rejected[0]["log_level"] == "warning"
+    assert sum(e["updates"] for e in logs if e["event"] == "outbox.sent") == 2
 
 
 async def test_the_access_token_is_refreshed_before_it_runs_out(make_harness: HarnessFactory) -> None:

@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
-from conftest import PROVIDER_ID, LocalSlurm, job_body, new_ucloud_id, wait_for
-from provider.ucloud.devcore import DevCore, DevCoreKeys, call_provider
+from helpers import PROVIDER_ID, LocalSlurm, new_ucloud_id, wait_for
+from provider.ucloud.devcore import DevCore, DevCoreKeys, call_provider, job_body
 
 pytestmark = pytest.mark.slurm
 

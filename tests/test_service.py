@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
-from conftest import PROVIDER_ID, wait_for
+from helpers import PROVIDER_ID, wait_for
 from provider.ucloud.devcore import DevCore, DevCoreKeys, call_provider, job_body
 
 pytestmark = pytest.mark.process

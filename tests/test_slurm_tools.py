@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HarnessFactory, LocalSlurm, job_body, new_ucloud_id
+from helpers import HarnessFactory, LocalSlurm, new_ucloud_id
 from provider.slurm.commands import CommandBackend
 from provider.slurm.process import SlurmTools
+from provider.ucloud.devcore import job_body
 
 
 def test_without_bin_dir_the_bare_name_is_found_on_path() -> None:

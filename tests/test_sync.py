@@ -45,7 +45,7 @@ async def test_an_earlier_request_moves_the_shared_timer_forward(tmp_path: Path)
         sync.request_later({"b": Belief()}, 0.1)  # e.g. a terminate wants a pass soon
         await asyncio.sleep(0.5)
         assert sync.passes == 1  # both were handled in that one early pass
-        assert sync._later == {} and sync._later_handle is None
+        assert sync.waiting_later == frozenset() and sync.idle
     finally:
         worker.cancel()
         store.close()

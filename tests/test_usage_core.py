@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import PROVIDER_ID, wait_for
+from helpers import PROVIDER_ID, wait_for
 from provider.accounting import JobUsage, Owner, UsageSubject, report_item, usage_scope
 from provider.cli import main
 from provider.config import ProductSection

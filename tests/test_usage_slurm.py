@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from conftest import PROVIDER_ID, Harness, HarnessFactory, LocalSlurm, job_body, new_ucloud_id, wait_for
+from helpers import PROVIDER_ID, Harness, HarnessFactory, LocalSlurm, new_ucloud_id, wait_for
 from provider.appkeys import USAGE_METER, USAGE_SENDER
 from provider.config import ProductSection
 from provider.products import product_v2
-from provider.ucloud.devcore import DevCore, DevCoreKeys
+from provider.ucloud.devcore import DevCore, DevCoreKeys, job_body
 
 pytestmark = pytest.mark.slurm
 

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from conftest import HarnessFactory, LocalSlurm, job_body, new_ucloud_id, wait_for
+from helpers import HarnessFactory, LocalSlurm, new_ucloud_id, wait_for
 from provider.slurm.types import FINISHED_BASE_STATES
+from provider.ucloud.devcore import job_body
 from provider.ucloud.models import NO_LONGER_AVAILABLE, JobState
 
 pytestmark = pytest.mark.slurm
