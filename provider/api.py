@@ -20,6 +20,7 @@ from provider.ucloud.models import (
     ExtendRequest,
     IntegrationInitRequest,
     Job,
+    VerifiedJob,
 )
 
 log = structlog.get_logger(__name__)
@@ -97,7 +98,7 @@ def describe_validation(exc: ValidationError, limit: int = 3) -> str:
 
 async def verify_jobs(request: web.Request) -> web.Response:
     """``POST .../jobs/verify``: accept the batch, answer ``{}``; updates follow via the outbox."""
-    bulk = await read_bulk(request, Job)
+    bulk = await read_bulk(request, VerifiedJob)
     beliefs = {job.id: Belief(job.status.state, job.created_at) for job in bulk.items}
     request.app[SYNC].request(beliefs)
     log.info("verify.accepted", jobs=len(beliefs))

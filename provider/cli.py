@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -215,7 +216,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
     jobs = store.all_jobs()
     if args.json:
         for job in jobs:
-            print(json.dumps({**job.__dict__, "state": job.state.value}))
+            print(json.dumps({**dataclasses.asdict(job), "state": job.state.value}))
         return EXIT_OK
     rows = [("UCLOUD ID", "SLURM ID", "STATE", "SLURM STATE", "MISSES", "STATUS")]
     rows += [

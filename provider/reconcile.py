@@ -15,7 +15,7 @@ from provider.states import StateTable
 from provider.ucloud.models import NO_LONGER_AVAILABLE, JobState, JobUpdate
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrackedJob:
     """One row of the job map: a UCloud job and the Slurm job that runs it."""
 
@@ -32,7 +32,7 @@ class TrackedJob:
     unix_user: str | None = None  # who submitted it, when jobs run as their owner
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DebounceRules:
     """When a job absent from Slurm counts as gone: all three must hold.
 
@@ -51,7 +51,7 @@ class Seen(enum.Enum):
     UNKNOWN = "unknown"  # a query failed: no evidence either way
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
     seen: Seen
     job: SlurmJob | None = None
@@ -59,7 +59,7 @@ class Observation:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome for one job: the new tracked row (if tracked), the update for Core (if any), and why."""
 
@@ -69,6 +69,7 @@ class Decision:
     tracked: TrackedJob | None = None
     recheck: bool = False  # a confirming check should follow soon (debounce, grace period)
     unmapped_state: str | None = None  # a Slurm state the table does not know: an admin should look
+    changed: bool = True  # ``tracked`` differs from the row the pass read: the store must write it
 
 
 def needs_history(job: TrackedJob, live: QueryResult) -> bool:
@@ -147,12 +148,13 @@ def decide_tracked(
                 f"already {job.state.value} here; Core still believes {core_state.value}: resending",
                 update=_update(job.state, job.status or "", core_state, now),
                 tracked=job,
+                changed=False,
             )
-        return Decision(job.ucloud_id, f"final ({job.state.value}); nothing to do", tracked=job)
+        return Decision(job.ucloud_id, f"final ({job.state.value}); nothing to do", tracked=job, changed=False)
 
     if observation.seen is Seen.UNKNOWN:
         reason = f"Slurm could not be asked, nothing changes: {observation.detail}"
-        return Decision(job.ucloud_id, reason, tracked=job, recheck=True)
+        return Decision(job.ucloud_id, reason, tracked=job, recheck=True, changed=False)
 
     if observation.seen is Seen.MISSING:
         misses = job.miss_count + 1
@@ -180,21 +182,40 @@ def decide_tracked(
 
     assert observation.job is not None
     mapped = table.map(observation.job)
-    seen = replace(job, miss_count=0, first_missed_at=None, slurm_state=observation.job.state.raw)
-    source = f"{observation.source} says {observation.job.state.raw or '(empty)'}"
+    raw = observation.job.state.raw
+    # Most jobs of most passes are as they were: keep the same row (no copy, nothing to write).
+    seen = job if job.slurm_state == raw and job.miss_count == 0 and job.first_missed_at is None else _seen(job, raw)
+    source = f"{observation.source} says {raw or '(empty)'}"
     if mapped.state is None:
         if not mapped.mapped:
             reason = f"{source}: unmapped Slurm state, keeping the current state"
-            return Decision(job.ucloud_id, reason, tracked=seen, unmapped_state=observation.job.state.raw)
-        return Decision(job.ucloud_id, f"{source}: not decided yet", tracked=seen)
-    tracked = replace(seen, state=mapped.state, status=mapped.status)
+            return Decision(job.ucloud_id, reason, tracked=seen, unmapped_state=raw, changed=seen is not job)
+        return Decision(job.ucloud_id, f"{source}: not decided yet", tracked=seen, changed=seen is not job)
+    tracked = seen if seen.state == mapped.state and seen.status == mapped.status else _decided(seen, mapped.state, mapped.status)
     if mapped.state == core_state:
-        return Decision(job.ucloud_id, f"{source}: Core already has {core_state.value}", tracked=tracked)
+        return Decision(job.ucloud_id, f"{source}: Core already has {core_state.value}", tracked=tracked, changed=tracked is not job)
     return Decision(
         job.ucloud_id,
         f"{source}: {core_state.value} -> {mapped.state.value}",
         update=_update(mapped.state, mapped.status, core_state, now),
         tracked=tracked,
+        changed=tracked is not job,
+    )
+
+
+def _seen(job: TrackedJob, slurm_state: str) -> TrackedJob:
+    """The row of a job Slurm listed (any run of misses is over). Built directly: dataclasses.replace
+    is several times slower, and a pass builds one per changed job."""
+    return TrackedJob(
+        job.ucloud_id, job.slurm_id, job.cluster, job.expected_name, job.submitted_at, job.state, job.status,
+        slurm_state, 0, None, job.unix_user,
+    )
+
+
+def _decided(job: TrackedJob, state: JobState, status: str) -> TrackedJob:
+    return TrackedJob(
+        job.ucloud_id, job.slurm_id, job.cluster, job.expected_name, job.submitted_at, state, status,
+        job.slurm_state, job.miss_count, job.first_missed_at, job.unix_user,
     )
 
 

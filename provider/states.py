@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from provider.slurm.types import SlurmJob, SlurmState
+from provider.slurm.types import ExitStatus, SlurmJob, SlurmState
 from provider.ucloud.models import JobState
 
 KEEP: Final = "KEEP"
@@ -92,11 +92,23 @@ class StateTable:
         for slurm_state, target in (overrides or {}).items():
             table[slurm_state.upper()] = KEEP if target.upper() == KEEP else JobState(target.upper())
         self._table = table
+        self._seen: dict[tuple[SlurmState, str, ExitStatus | None], Mapped] = {}
 
     def target(self, slurm_state: str) -> JobState | str | None:
         return self._table.get(slurm_state)
 
     def map(self, job: SlurmJob) -> Mapped:
+        """What ``job``'s state means for UCloud. It depends on the state, the reason and the exit status
+        only, and a pass maps thousands of jobs in a handful of distinct ones: each is worked out once."""
+        key = (job.state, job.reason, job.exit_status)
+        mapped = self._seen.get(key)
+        if mapped is None:
+            if len(self._seen) > 4096:  # reasons vary without bound on a busy cluster
+                self._seen.clear()
+            mapped = self._seen[key] = self._map(job)
+        return mapped
+
+    def _map(self, job: SlurmJob) -> Mapped:
         state = job.state
         key = _deciding_word(state)
         target = self._table.get(key)

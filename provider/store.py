@@ -186,6 +186,11 @@ class Store:
         with self._lock:
             self._db.close()
 
+    @property
+    def rows_written(self) -> int:
+        """Rows inserted, updated or deleted through this store since it was opened (bench/ reads it)."""
+        return self._db.total_changes
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction. A failed COMMIT (a full disk) is rolled back too, so the connection
@@ -292,50 +297,74 @@ class Store:
             )
 
     def get(self, ucloud_ids: Iterable[str]) -> dict[str, TrackedJob]:
-        ids = list(dict.fromkeys(ucloud_ids))
-        found: dict[str, TrackedJob] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self._query(f"SELECT * FROM jobs WHERE ucloud_id IN ({marks})", chunk):
-                found[row["ucloud_id"]] = _job(row)
-        return found
+        """The tracked rows of these jobs (one query, whatever their number)."""
+        ids = json.dumps(list(dict.fromkeys(ucloud_ids)))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE ucloud_id IN (SELECT value FROM json_each(?))", (ids,)
+            )
+            rows.row_factory = None  # plain tuples: a pass reads thousands of rows
+            return {row[0]: _job_from_tuple(row) for row in rows}
 
     def active(self) -> list[TrackedJob]:
         """Every job whose final state Core has not been told yet."""
-        rows = self._query("SELECT * FROM jobs WHERE state NOT IN (?, ?, ?) ORDER BY tracked_at", _FINAL)
-        return [_job(r) for r in rows]
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state NOT IN (?, ?, ?) ORDER BY tracked_at", _FINAL)
+            rows.row_factory = None
+            return [_job_from_tuple(row) for row in rows]
 
     def all_jobs(self) -> list[TrackedJob]:
         return [_job(r) for r in self._query("SELECT * FROM jobs ORDER BY tracked_at")]
 
     def apply(self, decisions: Iterable[Decision], now: int) -> int:
-        """Store the new rows and queue the updates of ``decisions`` atomically. Returns updates queued.
+        """Store the changed rows and queue the updates of ``decisions`` atomically. Returns updates queued.
 
-        An update identical in state and status to one still waiting for Core is not queued twice.
+        Only rows a decision changed are written (most jobs of most passes are as they were), and an
+        update identical in state and status to one still waiting for Core is not queued twice.
         """
-        queued = 0
+        rows = []
+        updates: list[tuple[str, JobUpdate]] = []
+        for decision in decisions:
+            job = decision.tracked
+            if job is not None and decision.changed:
+                rows.append(
+                    (job.state.value, job.status, job.slurm_state, job.miss_count, job.first_missed_at, now, job.ucloud_id)
+                )
+            if decision.update is not None:
+                updates.append((decision.ucloud_id, decision.update))
+        if not rows and not updates:
+            return 0
         with self._transaction() as db:
-            for decision in decisions:
-                job = decision.tracked
-                if job is not None:
-                    db.execute(
-                        "UPDATE jobs SET state = ?, status = ?, slurm_state = ?, miss_count = ?,"
-                        " first_missed_at = ?, updated_at = ? WHERE ucloud_id = ?",
-                        (
-                            job.state.value,
-                            job.status,
-                            job.slurm_state,
-                            job.miss_count,
-                            job.first_missed_at,
-                            now,
-                            job.ucloud_id,
-                        ),
-                    )
-                if decision.update is not None and not self._pending_same(db, decision.ucloud_id, decision.update):
-                    self._enqueue(db, decision.ucloud_id, decision.update, now)
-                    queued += 1
-        return queued
+            db.executemany(
+                "UPDATE jobs SET state = ?, status = ?, slurm_state = ?, miss_count = ?,"
+                " first_missed_at = ?, updated_at = ? WHERE ucloud_id = ?",
+                rows,
+            )
+            waiting = self._waiting_updates(db, [ucloud_id for ucloud_id, _ in updates])
+            fresh = [
+                (ucloud_id, update)
+                for ucloud_id, update in updates
+                if ((update.state.value if update.state else None), update.status) not in waiting.get(ucloud_id, ())
+            ]
+            db.executemany(
+                "INSERT INTO outbox (ucloud_id, body, created_at) VALUES (?, ?, ?)",
+                [(ucloud_id, _body(update), now) for ucloud_id, update in fresh],
+            )
+        return len(fresh)
+
+    @staticmethod
+    def _waiting_updates(db: sqlite3.Connection, ucloud_ids: Sequence[str]) -> dict[str, set[tuple[str | None, str | None]]]:
+        """(state, status) of the updates still waiting for Core, by job, for these jobs."""
+        waiting: dict[str, set[tuple[str | None, str | None]]] = {}
+        if not db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone():
+            return waiting  # the usual case: Core is up and the outbox is empty
+        for start in range(0, len(ucloud_ids), 500):
+            chunk = ucloud_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for ucloud_id, body in db.execute(f"SELECT ucloud_id, body FROM outbox WHERE ucloud_id IN ({marks})", chunk):
+                pending = json.loads(body)
+                waiting.setdefault(ucloud_id, set()).add((pending.get("state"), pending.get("status")))
+        return waiting
 
     def enqueue(self, ucloud_id: str, update: JobUpdate, now: int) -> None:
         with self._transaction() as db:
@@ -343,18 +372,7 @@ class Store:
 
     @staticmethod
     def _enqueue(db: sqlite3.Connection, ucloud_id: str, update: JobUpdate, now: int) -> None:
-        body = json.dumps(update.to_wire(), separators=(",", ":"))
-        db.execute("INSERT INTO outbox (ucloud_id, body, created_at) VALUES (?, ?, ?)", (ucloud_id, body, now))
-
-    @staticmethod
-    def _pending_same(db: sqlite3.Connection, ucloud_id: str, update: JobUpdate) -> bool:
-        for (body,) in db.execute("SELECT body FROM outbox WHERE ucloud_id = ?", (ucloud_id,)):
-            pending = json.loads(body)
-            if pending.get("state") == (update.state.value if update.state else None) and pending.get(
-                "status"
-            ) == update.status:
-                return True
-        return False
+        db.execute("INSERT INTO outbox (ucloud_id, body, created_at) VALUES (?, ?, ?)", (ucloud_id, _body(update), now))
 
     # -- the outbox ---------------------------------------------------------------------------------
 
@@ -668,6 +686,23 @@ def describe_difference(found: dict[str, tuple[str, ...]], expected: dict[str, t
             detail = ", ".join([*(f"no column {c}" for c in missing), *(f"unexpected column {c}" for c in extra)])
             problems.append(f"table {table}: {detail or 'columns in another order'}")
     return "; ".join(problems)
+
+
+def _body(update: JobUpdate) -> str:
+    return json.dumps(update.to_wire(), separators=(",", ":"))
+
+
+_JOB_COLUMNS = (
+    "ucloud_id, slurm_id, cluster, expected_name, submitted_at, state, status, slurm_state, miss_count,"
+    " first_missed_at, unix_user"
+)  # TrackedJob's fields, in its order
+_JOB_STATES = {state.value: state for state in JobState}
+
+
+def _job_from_tuple(row: tuple[Any, ...]) -> TrackedJob:
+    return TrackedJob(
+        row[0], row[1], row[2], row[3], row[4], _JOB_STATES[row[5]], row[6], row[7], row[8], row[9], row[10]
+    )
 
 
 def _job(row: sqlite3.Row) -> TrackedJob:

@@ -63,6 +63,10 @@ class PassReport:
         return self.live_ok is False or self.history_ok is False
 
 
+# A pass queueing more updates than this logs each one's reason at debug (see Synchronizer._log_pass).
+VERBOSE_UPDATES = 20
+
+
 @dataclass
 class PassTimings:
     """Settings of the pass machinery that are not reconciliation rules."""
@@ -232,6 +236,7 @@ class Synchronizer:
 
     async def run_pass(self, pending: Mapping[str, Belief], include_active: bool = False) -> PassReport:
         """Decide, store and queue: one whole pass."""
+        started = time.monotonic()
         report = await self.plan(pending, include_active)
         now = self._clock()
         queued = await asyncio.to_thread(self.store.apply, report.decisions, now)
@@ -245,20 +250,42 @@ class Synchronizer:
         }
         if rechecks:
             self.request_later(rechecks, self.timings.confirm_interval_s)
-        for decision in report.decisions:
-            if decision.update is not None:
-                log.info(
-                    "job.update_queued",
-                    ucloud_id=decision.ucloud_id,
-                    slurm_id=decision.tracked.slurm_id if decision.tracked else None,
-                    state=decision.update.state.value if decision.update.state else None,
-                    reason=decision.reason,
-                )
-            elif decision.unmapped_state is not None:
-                log.warning("slurm.state_unmapped", ucloud_id=decision.ucloud_id, slurm_state=decision.unmapped_state)
-            else:
-                log.debug("job.checked", ucloud_id=decision.ucloud_id, reason=decision.reason)
+        self._log_pass(report, queued, len(rechecks), include_active, started)
         return PassReport(report.decisions, report.live_ok, report.history_ok, queued)
+
+    @staticmethod
+    def _log_pass(report: PassReport, queued: int, rechecks: int, include_active: bool, started: float) -> None:
+        """One ``reconcile.pass`` event a pass at info, naming the jobs whose state changed for Core, so
+        every update stays traceable by job id. Each update's reason is its own ``job.update_queued``
+        event: at info while a pass has few (a job at a time, as usual), at debug when a pass has many
+        (the first pass after an outage), where one JSON line per job would cost more than the pass."""
+        changes = [d for d in report.decisions if d.update is not None]
+        detail = log.info if len(changes) <= VERBOSE_UPDATES else log.debug
+        by_state: dict[str, list[str]] = {}
+        for decision in changes:
+            assert decision.update is not None
+            state = decision.update.state.value if decision.update.state else "status"
+            by_state.setdefault(state, []).append(decision.ucloud_id)
+            detail(
+                "job.update_queued",
+                ucloud_id=decision.ucloud_id,
+                slurm_id=decision.tracked.slurm_id if decision.tracked else None,
+                state=decision.update.state.value if decision.update.state else None,
+                reason=decision.reason,
+            )
+        for decision in report.decisions:
+            if decision.update is None and decision.unmapped_state is not None:
+                log.warning("slurm.state_unmapped", ucloud_id=decision.ucloud_id, slurm_state=decision.unmapped_state)
+        log.info(
+            "reconcile.pass",
+            kind="monitor" if include_active else "requested",
+            jobs=len(report.decisions),
+            updates=queued,
+            changed=by_state,
+            rechecks=rechecks,
+            slurm_ok=not report.slurm_failed,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
 
     async def plan(self, pending: Mapping[str, Belief], include_active: bool = False) -> PassReport:
         """Decide what every requested job needs, asking Slurm once; store and send nothing."""
@@ -288,11 +315,26 @@ class Synchronizer:
             return PassReport(decisions)
 
         live = await self.backend.live_jobs()
-        history_ids = [job.slurm_id for job in to_observe if needs_history(job, live)]
-        history: QueryResult | None = await self.backend.finished_jobs(history_ids) if history_ids else None
+        in_history = [job for job in to_observe if needs_history(job, live)]
+        asking = (
+            asyncio.ensure_future(self.backend.finished_jobs([job.slurm_id for job in in_history])) if in_history else None
+        )
+        # While sacct runs (a subprocess: the loop is free), decide the jobs squeue answered for.
         now = self._clock()
-        for job in to_observe:
-            decisions.append(self._decide(job, beliefs[job.ucloud_id], observe(job, live, history), now))
+        decided: dict[str, Decision] = {}
+        waiting = {job.ucloud_id for job in in_history}
+        for count, job in enumerate(to_observe, start=1):
+            if job.ucloud_id not in waiting:
+                decided[job.ucloud_id] = self._decide(job, beliefs[job.ucloud_id], observe(job, live, None), now)
+            if count % 1000 == 0:
+                await asyncio.sleep(0)  # let sacct's output be read as it comes
+        history: QueryResult | None = None
+        if asking is not None:
+            history = await asking
+            now = self._clock()
+            for job in in_history:
+                decided[job.ucloud_id] = self._decide(job, beliefs[job.ucloud_id], observe(job, live, history), now)
+        decisions.extend(decided[job.ucloud_id] for job in to_observe)
         return PassReport(decisions, live.ok, history.ok if history is not None else None)
 
     def _decide(self, job: TrackedJob, belief: Belief, observation: Observation, now: int) -> Decision:

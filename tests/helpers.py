@@ -8,19 +8,23 @@ conftest.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import re
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog
+import structlog.testing
 from aiohttp.test_utils import TestClient
 
 from provider.appkeys import STORE, SYNC
@@ -237,3 +241,16 @@ def daemon_settings(
 
 
 HarnessFactory = Callable[..., Awaitable[Harness]]
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every log event, whatever level an earlier test configured (structlog.testing.capture_logs
+    swaps the processors only; the level filter stays the configured one)."""
+    previous = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.configure(wrapper_class=previous)

@@ -55,6 +55,7 @@ def test_malformed_jobs_are_refused(mutate) -> None:  # type: ignore[no-untyped-
         BulkRequest[Job].model_validate(raw)
 
 
-def test_timestamps_must_be_integers() -> None:
-    with pytest.raises(ValidationError):
-        JobUpdate(timestamp=1.5)  # type: ignore[arg-type]
+@pytest.mark.parametrize("bad", [{"timestamp": 1.5}, {"timestamp": None}, {"timestamp": True}, {"new_time_allocation": 60.0}])
+def test_timestamps_and_allocations_must_be_integers(bad: dict[str, object]) -> None:
+    with pytest.raises(TypeError, match="must be an integer"):
+        JobUpdate(**bad)  # type: ignore[arg-type]

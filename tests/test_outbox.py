@@ -6,10 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-import structlog
-import structlog.testing
-
-from helpers import HarnessFactory, wait_for
+from helpers import HarnessFactory, captured_logs, wait_for
 from provider.appkeys import SENDER
 from provider.store import Store
 from provider.ucloud.devcore import DevCore
@@ -72,7 +69,7 @@ async def test_the_log_events_the_admin_guide_names_for_the_outbox(make_harness:
     """docs/admin.md tells admins to search for outbox.sent and outbox.rejected_by_core, with these fields."""
     h = await make_harness()
     h.core.deleted_jobs.add("2")
-    with structlog.testing.capture_logs() as logs:
+    with captured_logs() as logs:
         queue(h.store, ["1", "2", "3"])
         h.client.app[SENDER].wake()  # type: ignore[index]
         await wait_for(lambda: h.store.outbox_stats().depth == 0, 30)

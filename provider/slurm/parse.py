@@ -8,8 +8,9 @@ UTF-8 (job names can hold anything) are decoded with replacement by the caller.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from provider.accounting import Allocation, UsageRecord
 from provider.slurm.types import ExitStatus, SlurmJob, parse_state
@@ -61,15 +62,26 @@ class ParseError(ValueError):
 
 
 def _rows(text: str, fields: Sequence[str], sep: str) -> list[dict[str, str]]:
-    rows = []
+    """Rows as dicts by field name (for the small outputs: usage records)."""
+    return [dict(zip(fields, values, strict=True)) for values in _value_rows(text, len(fields), sep)]
+
+
+def _value_rows(text: str, width: int, sep: str) -> Iterator[list[str]]:
+    """Each non-empty line split into exactly ``width`` values (the last field may hold the separator)."""
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+        if not line or line.isspace():
             continue
-        values = line.split(sep, len(fields) - 1)
-        if len(values) != len(fields):
-            raise ParseError(f"line {number} has {len(values)} fields, expected {len(fields)}: {line[:200]!r}")
-        rows.append(dict(zip(fields, values, strict=True)))
-    return rows
+        values = line.split(sep, width - 1)
+        if len(values) != width:
+            raise ParseError(f"line {number} has {len(values)} fields, expected {width}: {line[:200]!r}")
+        yield values
+
+
+# A pass parses one row per job, and the same few states and exit codes over and over (PENDING,
+# COMPLETED, 0:0): parsed once each, shared (SlurmState and ExitStatus are immutable).
+_state = functools.lru_cache(maxsize=1024)(parse_state)
+_exit_sacct = functools.lru_cache(maxsize=1024)(ExitStatus.from_sacct)
+_exit_squeue = functools.lru_cache(maxsize=1024)(ExitStatus.from_squeue)
 
 
 def _clean(value: str) -> str | None:
@@ -77,24 +89,31 @@ def _clean(value: str) -> str | None:
     return None if value in _NOT_APPLICABLE else value
 
 
+def _column(fields: Sequence[str], name: str) -> int | None:
+    return fields.index(name) if name in fields else None
+
+
 def parse_squeue(text: str, fields: Sequence[str] = SQUEUE_FIELDS, sep: str = UNIT_SEPARATOR) -> list[SlurmJob]:
     """Parse ``squeue -h -t all -O <fields with sep>``; a pending array prints one row (task ``0-2``)."""
+    job_col, state_col = fields.index("JobID"), fields.index("State")
+    name_col, array_col, task_col = _column(fields, "Name"), _column(fields, "ArrayJobID"), _column(fields, "ArrayTaskID")
+    reason_col, exit_col, comment_col = _column(fields, "Reason"), _column(fields, "exit_code"), _column(fields, "Comment")
     jobs = []
-    for row in _rows(text, fields, sep):
-        job_id = row["JobID"].strip()
+    for row in _value_rows(text, len(fields), sep):
+        job_id = row[job_col].strip()
         if not job_id.isdigit():
             raise ParseError(f"squeue printed a job id that is not a number: {job_id!r}")
-        exit_text = row.get("exit_code", "")
+        exit_text = row[exit_col] if exit_col is not None else ""
         jobs.append(
             SlurmJob(
                 job_id=job_id,
-                state=parse_state(row["State"]),
-                name=row.get("Name", ""),
-                array_job_id=_clean(row.get("ArrayJobID", "")),
-                array_task_id=_clean(row.get("ArrayTaskID", "")),
-                reason=(row.get("Reason") or "").strip(),
-                exit_status=ExitStatus.from_squeue(exit_text) if _clean(exit_text) else None,
-                comment=row.get("Comment", ""),
+                state=_state(row[state_col]),
+                name=row[name_col] if name_col is not None else "",
+                array_job_id=_clean(row[array_col]) if array_col is not None else None,
+                array_task_id=_clean(row[task_col]) if task_col is not None else None,
+                reason=row[reason_col].strip() if reason_col is not None else "",
+                exit_status=_exit_squeue(exit_text) if _clean(exit_text) else None,
+                comment=row[comment_col] if comment_col is not None else "",
             )
         )
     return jobs
@@ -102,24 +121,27 @@ def parse_squeue(text: str, fields: Sequence[str] = SQUEUE_FIELDS, sep: str = UN
 
 def parse_sacct(text: str, fields: Sequence[str] = SACCT_FIELDS, sep: str = UNIT_SEPARATOR) -> list[SlurmJob]:
     """Parse ``sacct -n -P -X --delimiter=<sep> -o <fields>``; one allocation row per job."""
+    raw_col, state_col = fields.index("JobIDRaw"), fields.index("State")
+    display_col, name_col = _column(fields, "JobID"), _column(fields, "JobName")
+    reason_col, exit_col, comment_col = _column(fields, "Reason"), _column(fields, "ExitCode"), _column(fields, "Comment")
     jobs = []
-    for row in _rows(text, fields, sep):
-        raw_id = row["JobIDRaw"].strip()
+    for row in _value_rows(text, len(fields), sep):
+        raw_id = row[raw_col].strip()
         if not raw_id.isdigit():
             # Steps (``12.batch``) only appear without -X; skip them rather than fail the pass.
             continue
-        display = row.get("JobID", "").strip()
-        array = _ARRAY_DISPLAY_ID.match(display)
+        display = row[display_col].strip() if display_col is not None else ""
+        array = _ARRAY_DISPLAY_ID.match(display) if "_" in display else None
         jobs.append(
             SlurmJob(
                 job_id=raw_id,
-                state=parse_state(row["State"]),
-                name=row.get("JobName", ""),
+                state=_state(row[state_col]),
+                name=row[name_col] if name_col is not None else "",
                 array_job_id=array.group(1) if array else None,
                 array_task_id=array.group(2) if array else None,
-                reason=(row.get("Reason") or "").strip(),
-                exit_status=ExitStatus.from_sacct(row.get("ExitCode", "")),
-                comment=row.get("Comment", ""),
+                reason=row[reason_col].strip() if reason_col is not None else "",
+                exit_status=_exit_sacct(row[exit_col]) if exit_col is not None else None,
+                comment=row[comment_col] if comment_col is not None else "",
             )
         )
     return jobs

@@ -60,7 +60,7 @@ FINISHED_BASE_STATES = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SlurmState:
     """A Slurm job state split into its base state and flags.
 
@@ -108,7 +108,7 @@ def parse_state(text: str | list[str]) -> SlurmState:
     return SlurmState(base=base, flags=frozenset(flags), cancelled_by=cancelled_by, raw=raw)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExitStatus:
     """How a job's batch script ended: an exit code, or the signal that killed it."""
 
@@ -151,7 +151,7 @@ class ExitStatus:
         return f"exit code {self.code}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SlurmJob:
     """One job as a Slurm query reported it."""
 

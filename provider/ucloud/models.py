@@ -9,6 +9,7 @@ as the seed example shows.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -105,6 +106,22 @@ class Job(_Inbound):
     updates: list[dict[str, Any]] | None = None
 
 
+class VerifyStatus(_Inbound):
+    state: JobState
+
+
+class VerifiedJob(_Inbound):
+    """A Job in a verify, read for what verify needs: its id, Core's state and when it was created.
+
+    Verify carries Core's whole Job for every active job (some 7 KB each); the rest of it is not read,
+    so it is not validated either (a verify of 1,024 jobs is 7.5 MB of JSON).
+    """
+
+    id: str = Field(min_length=1)
+    created_at: StrictInt = Field(alias="createdAt")
+    status: VerifyStatus
+
+
 class ApplicationParameterName(_Inbound):
     """One of an application's own parameters; the provider reads only its name."""
 
@@ -153,32 +170,48 @@ class BulkRequest(_Inbound, Generic[T]):
     items: list[T]
 
 
-class JobUpdate(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobUpdate:
     """One update for ``/api/jobs/control/update``.
 
     Every key is always serialised, ``null`` included, in the order of the seed example, and
     ``timestamp`` is an integer (Core's Go decoder rejects floats and ``null``; Core overwrites it).
+    A plain dataclass rather than a pydantic model: the provider only builds updates (a pass after an
+    outage builds thousands) and never parses one, and its integers are checked here.
     """
 
-    model_config = ConfigDict(populate_by_name=True, frozen=True)
-
     state: JobState | None = None
-    output_folder: str | None = Field(default=None, alias="outputFolder")
+    output_folder: str | None = None
     status: str | None = None
-    expected_state: JobState | None = Field(default=None, alias="expectedState")
-    expected_different_state: bool | None = Field(default=None, alias="expectedDifferentState")
-    new_time_allocation: StrictInt | None = Field(default=None, alias="newTimeAllocation")
-    allow_restart: bool | None = Field(default=None, alias="allowRestart")
-    new_mounts: list[Any] | None = Field(default=None, alias="newMounts")
-    timestamp: StrictInt = 0
+    expected_state: JobState | None = None
+    expected_different_state: bool | None = None
+    new_time_allocation: int | None = None
+    allow_restart: bool | None = None
+    new_mounts: list[Any] | None = None
+    timestamp: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("timestamp", "new_time_allocation"):
+            value = getattr(self, name)
+            if (value is not None or name == "timestamp") and (type(value) is not int):
+                raise TypeError(f"JobUpdate.{name} must be an integer, not {value!r}")
 
     def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
+        return {
+            "state": self.state.value if self.state is not None else None,
+            "outputFolder": self.output_folder,
+            "status": self.status,
+            "expectedState": self.expected_state.value if self.expected_state is not None else None,
+            "expectedDifferentState": self.expected_different_state,
+            "newTimeAllocation": self.new_time_allocation,
+            "allowRestart": self.allow_restart,
+            "newMounts": self.new_mounts,
+            "timestamp": self.timestamp,
+        }
 
 
-class ResourceUpdateAndId(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, frozen=True)
-
+@dataclass(frozen=True, slots=True)
+class ResourceUpdateAndId:
     id: str
     update: JobUpdate
 
