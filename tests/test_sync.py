@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from provider.reconcile import DebounceRules
+from provider.slurm.backend import QueryBook
 from provider.slurm.commands import CommandBackend
+from provider.slurm.types import QueryResult, SlurmJob, parse_state
 from provider.states import StateTable
 from provider.store import Store
 from provider.sync import Belief, PassTimings, Synchronizer
@@ -49,3 +52,40 @@ async def test_an_earlier_request_moves_the_shared_timer_forward(tmp_path: Path)
     finally:
         worker.cancel()
         store.close()
+
+
+class ListedSlurm(QueryBook):
+    """squeue lists the given jobs; sacct knows nothing."""
+
+    name = "listed"
+
+    def __init__(self, jobs: list[SlurmJob]) -> None:
+        super().__init__()
+        self.jobs = jobs
+
+    async def live_jobs(self) -> QueryResult:
+        self.calls["squeue"] += 1
+        return QueryResult.of(self.jobs)
+
+    async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
+        self.calls["sacct"] += 1
+        return QueryResult.of([])
+
+
+async def test_a_pass_where_nothing_changed_writes_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    now = int(time.time() * 1000)
+    for n in range(3):
+        store.track(ucloud_id=str(n), slurm_id=str(40 + n), cluster="", expected_name=str(n), submitted_at=now, now=now)
+    backend = ListedSlurm([SlurmJob(str(40 + n), parse_state("PENDING"), name=str(n)) for n in range(3)])
+    sync = Synchronizer(store, backend, StateTable(), DebounceRules())
+    first = await sync.run_pass({}, include_active=True)
+    written = store.rows_written
+    assert first.queued == 0 and written > 0  # the Slurm state was new to the map: stored
+    again = await sync.run_pass({}, include_active=True)
+    assert again.queued == 0 and store.rows_written == written  # the same answer: not one row rewritten
+    backend.jobs[1] = SlurmJob("41", parse_state("RUNNING"), name="1")
+    moved = await sync.run_pass({}, include_active=True)
+    assert moved.queued == 1 and store.rows_written == written + 2  # the job's row and its update
+    assert backend.calls == {"squeue": 3}
+    store.close()
