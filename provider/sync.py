@@ -65,6 +65,8 @@ class PassReport:
 
 # A pass queueing more updates than this logs each one's reason at debug (see Synchronizer._log_pass).
 VERBOSE_UPDATES = 20
+# The changed jobs' ids named per state in the pass's summary event (its line stays short for journald).
+CHANGED_IDS_LOGGED = 200
 
 
 @dataclass
@@ -274,14 +276,20 @@ class Synchronizer:
                 reason=decision.reason,
             )
         for decision in report.decisions:
-            if decision.update is None and decision.unmapped_state is not None:
+            if decision.update is not None:
+                continue
+            if decision.unmapped_state is not None:
                 log.warning("slurm.state_unmapped", ucloud_id=decision.ucloud_id, slurm_state=decision.unmapped_state)
+            else:
+                log.debug("job.checked", ucloud_id=decision.ucloud_id, reason=decision.reason)
         log.info(
             "reconcile.pass",
             kind="monitor" if include_active else "requested",
             jobs=len(report.decisions),
             updates=queued,
-            changed=by_state,
+            changed={state: len(ids) for state, ids in by_state.items()},
+            # the jobs by id, up to a journald-friendly line; the rest are in job.update_queued (debug)
+            changed_ids={state: ids[:CHANGED_IDS_LOGGED] for state, ids in by_state.items()},
             rechecks=rechecks,
             slurm_ok=not report.slurm_failed,
             ms=round((time.monotonic() - started) * 1000, 1),
