@@ -5,18 +5,18 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 
+# A bare Debian 12/13 has no Python at all: as root, install it (and venv) from Debian's packages.
+if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+fi
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     echo "bootstrap: $PYTHON is missing or older than 3.11; on Debian: apt-get install python3 python3-venv" >&2
     exit 1
 fi
 if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
-    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
-    else
-        echo "bootstrap: $PYTHON has no venv module; on Debian: apt-get install python3-venv" >&2
-        exit 1
-    fi
+    echo "bootstrap: $PYTHON has no venv module; on Debian: apt-get install python3-venv" >&2
+    exit 1
 fi
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
     "$PYTHON" -m venv "$ROOT/.venv"
