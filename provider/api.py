@@ -9,8 +9,9 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from provider.appkeys import JOBS, SETTINGS, SYNC
+from provider.appkeys import FOLLOW, JOBS, SETTINGS, STORE, SYNC
 from provider.edge import LIMITS, Refused, parse_json_body
+from provider.follow import follow
 from provider.submission import dynamic_parameters
 from provider.sync import Belief
 from provider.ucloud.models import (
@@ -188,7 +189,7 @@ async def retrieve_products(request: web.Request) -> web.Response:
                         "enabled": True,
                         "web": False,
                         "vnc": False,
-                        "logs": False,
+                        "logs": p.logs,
                         "terminal": False,
                         "peers": False,
                         "timeExtension": p.time_extension,
@@ -206,8 +207,16 @@ async def retrieve_manifest(request: web.Request) -> web.Response:
     return web.json_response({"enabled": False, "expireAfterMs": None})
 
 
+async def follow_job(request: web.Request) -> web.StreamResponse:
+    """``GET /ucloud/jobs.provider.<id>/websocket``: a job's output, live (provider/follow.py)."""
+    app = request.app
+    return await follow(request, app[FOLLOW], app[STORE], app[SETTINGS].current.provider.id)
+
+
 def add_routes(app: web.Application) -> None:
     base = "/ucloud/{provider_id}"
+    # The follow stream: the provider id is part of the first segment (ucloud_auth checks it, 404 if not ours).
+    app.router.add_get("/ucloud/jobs.provider.{provider_id}/websocket", follow_job)
     app.router.add_post(f"{base}/jobs", create_jobs)
     app.router.add_post(f"{base}/jobs/verify", verify_jobs)
     app.router.add_post(f"{base}/jobs/terminate", terminate_jobs)

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from provider.config import LiveSettings
+from provider.follow import FollowHub
 from provider.jobs import JobService
 from provider.metrics import Metrics
 from provider.outbox import OutboxSender
@@ -34,5 +35,6 @@ USAGE_METER = web.AppKey("usage_meter", UsageMeter)
 USAGE_SENDER = web.AppKey("usage_sender", UsageSender)
 CLOCK: web.AppKey[Callable[[], int]] = web.AppKey("clock")  # milliseconds since the epoch (tests move it)
 BACKEND_GIVEN: web.AppKey[SlurmBackend | None] = web.AppKey("backend_given")  # a test's backend, else None
+FOLLOW = web.AppKey("follow", FollowHub)
 TASKS = web.AppKey("tasks", list[asyncio.Task[None]])  # the background loops, for the watchdog
 CLAIMS = web.RequestKey("claims", dict[str, Any])

@@ -102,6 +102,7 @@ class ProductSection(_Section):
     max_nodes: Annotated[int, Field(ge=1)] = 1
     max_time_minutes: Annotated[int, Field(ge=1)] = 24 * 60
     time_extension: bool = True  # advertise and allow /jobs/extend
+    logs: bool = True  # advertise the follow stream: users see the job's stdout and stderr live in UCloud
     # Usage accounting (one unit and frequency per category, as UCloud accounts per category).
     accounting_unit: Literal["cpu", "gpu", "memory", "money"] = "cpu"
     accounting_frequency: Literal["minute", "hour", "day"] = "minute"

@@ -21,6 +21,7 @@ from provider.appkeys import (
     BACKEND_GIVEN,
     CLOCK,
     CORE,
+    FOLLOW,
     JOBS,
     METRICS,
     SENDER,
@@ -33,6 +34,7 @@ from provider.appkeys import (
     USAGE_SENDER,
 )
 from provider.config import read_refresh_token
+from provider.follow import FollowHub
 from provider.jobs import JobService
 from provider.outbox import OutboxSender
 from provider.slurm.commands import CommandBackend
@@ -108,6 +110,7 @@ async def reconciliation(app: web.Application) -> AsyncIterator[None]:
         clock=clock,
     )
     app[SYNC], app[SWEEPER] = sync, sweeper
+    app[FOLLOW] = FollowHub(app[STORE], settings.jobs.directory)
     app[JOBS] = JobService(
         app[SETTINGS],
         app[STORE],

@@ -163,7 +163,7 @@ async def test_healthz_needs_no_token(make_harness: HarnessFactory) -> None:
 PRODUCTS = {
     "products": [
         {"id": "cpu-1", "category": "cpu", "max_nodes": 2},
-        {"id": "big-1", "category": "cpu", "time_extension": False},
+        {"id": "big-1", "category": "cpu", "time_extension": False, "logs": False},
     ],
     "applications": [{"name": "acme-batch", "script": "/nonexistent/acme.sh"}],
 }
@@ -177,11 +177,12 @@ async def test_retrieve_products_answers_job_support_for_each_product(make_harne
         "product": {"id": "cpu-1", "category": "cpu", "provider": PROVIDER_ID},
         "docker": {},
         "virtualMachine": {},
-        "native": {"enabled": True, "web": False, "vnc": False, "logs": False, "terminal": False, "peers": False,
+        "native": {"enabled": True, "web": False, "vnc": False, "logs": True, "terminal": False, "peers": False,
                    "timeExtension": True},
         "queueStatus": None,
     }
     assert answer["responses"][1]["native"]["timeExtension"] is False
+    assert answer["responses"][1]["native"]["logs"] is False  # the admin turned the follow stream off
 
 
 async def test_manifest_says_no_connection_flow(make_harness: HarnessFactory) -> None:

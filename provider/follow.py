@@ -1,0 +1,341 @@
+"""Users follow their job's output live in UCloud: the follow websocket, Core's frames, one reader a job.
+
+Core opens ``GET /ucloud/jobs.provider.<id>/websocket`` with its bearer token (checked by the same
+middleware as every ``/ucloud/`` call, before any upgrade), sends one ``init`` frame naming the job,
+and relays every text frame the provider sends as a log message to the user's browser
+(``core2/pkg/orchestrator/job.go`` ``jobsFollow``; IM2's ``controller/jobs.go`` is the other side).
+
+A follower first gets what ``stdout.txt`` and ``stderr.txt`` already hold (the last
+``HISTORY_BYTES`` of each, saying so when more was cut), then what is written, until the job is final
+in the job map and both files are drained; then a ``response`` frame ends the stream. All followers of
+a job share one ``JobOutput`` that polls the two files; each follower has a bounded queue, and one
+that cannot keep up is ended (told why) instead of holding the others back or growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from provider.store import Store
+
+log = structlog.get_logger(__name__)
+
+STREAMS = ("stdout", "stderr")
+POLL_SECONDS = 0.2  # as IM2's tail
+FINAL_CHECK_SECONDS = 1.0  # how often a reader asks the job map whether the job is final
+HISTORY_BYTES = 4 * 1024 * 1024  # what a new follower gets of a file's past, at most
+CHUNK_BYTES = 64 * 1024  # the most one frame carries
+QUEUE_FRAMES = 256  # a follower's backlog before it counts as too slow
+INIT_TIMEOUT = 30.0  # seconds Core has to send its init frame
+
+
+# -- Core's frames (pure) ---------------------------------------------------------------------------
+
+
+class FollowRefused(Exception):
+    """The first frame is not a follow request this provider can serve."""
+
+
+@dataclass(frozen=True)
+class FollowInit:
+    stream_id: str
+    job_id: str
+
+
+def parse_init(text: str, provider_id: str) -> FollowInit:
+    """Core's first frame: ``{"call":"jobs.provider.<id>.follow","streamId":…,"payload":{"type":"init","job":Job}}``."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        raise FollowRefused("the first frame is not JSON") from None
+    if not isinstance(message, dict):
+        raise FollowRefused("the first frame is not a JSON object")
+    if message.get("call") != f"jobs.provider.{provider_id}.follow":
+        raise FollowRefused(f"unexpected call {str(message.get('call'))[:100]!r}")
+    payload = message.get("payload")
+    job = payload.get("job") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or payload.get("type") != "init" or not isinstance(job, dict):
+        raise FollowRefused("the first frame is not an init request with a job")
+    job_id, stream_id = job.get("id"), message.get("streamId", "")
+    if not isinstance(job_id, str) or not job_id or len(job_id) > 256 or not isinstance(stream_id, str):
+        raise FollowRefused("the init request names no job")
+    return FollowInit(stream_id[:256], job_id)
+
+
+def is_cancel(text: str) -> bool:
+    """A later frame asking to stop (IM2 accepts ``{"type":"cancel"}``, in the payload or at the top)."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return False
+    if not isinstance(message, dict):
+        return False
+    payload = message.get("payload")
+    return message.get("type") == "cancel" or (isinstance(payload, dict) and payload.get("type") == "cancel")
+
+
+def log_frame(stream_id: str, session: str, stream: str, text: str) -> dict[str, Any]:
+    """One ``message`` frame; Core decodes ``payload`` as Go's ``JobLogMessage``."""
+    payload = {"streamId": session, "rank": 0, "stdout": None, "stderr": None, "channel": None}
+    payload[stream] = text
+    return {"type": "message", "streamId": stream_id, "payload": payload}
+
+
+def end_frame(stream_id: str, session: str, status: int = 200) -> dict[str, Any]:
+    """The ``response`` frame that ends a stream (as IM2 sends it)."""
+    payload = {"streamId": session, "rank": 0, "stdout": None, "stderr": None, "channel": None}
+    return {"type": "response", "status": status, "streamId": stream_id, "payload": payload}
+
+
+# -- reading a file as it grows ---------------------------------------------------------------------
+
+
+@dataclass
+class FileTail:
+    """New text of one output file since the last read: bytes decoded as UTF-8 across reads (invalid
+    bytes become U+FFFD), a file that shrank (truncated or replaced) is read again from its start.
+
+    ``fetch`` only reads (it may run in a thread); ``take`` moves the offset and decodes, in the event
+    loop, so a follower joining between the two sees each byte exactly once."""
+
+    path: Path
+    offset: int = 0
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+    def fetch(self, limit: int = CHUNK_BYTES * 16) -> tuple[int, bytes]:
+        """(where the bytes start, the bytes appended since ``offset``); nothing if the file is not there."""
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                start = 0 if size < self.offset else self.offset  # truncated or rotated: start over
+                if size == start:
+                    return start, b""
+                f.seek(start)
+                return start, f.read(min(limit, size - start))
+        except FileNotFoundError:
+            return self.offset, b""
+
+    def take(self, start: int, data: bytes) -> str:
+        if start != self.offset:
+            self.decoder.reset()
+        self.offset = start + len(data)
+        return self.decoder.decode(data)
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+
+def read_history(path: Path, end: int, limit: int = HISTORY_BYTES) -> str:
+    """The file's text before ``end`` (its last ``limit`` bytes, with a line saying what was left out)."""
+    if end <= 0:
+        return ""
+    start = max(0, end - limit)
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    text = data.decode("utf-8", errors="replace")
+    if start:
+        text = f"[... {start:,} earlier bytes of {path.name} are not shown here ...]\n" + text
+    return text
+
+
+def chunks(text: str, size: int = CHUNK_BYTES) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or []
+
+
+# -- one reader a job, shared by its followers ------------------------------------------------------
+
+
+@dataclass
+class Follower:
+    queue: asyncio.Queue[tuple[str, str] | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_FRAMES))
+    too_slow: bool = False
+
+
+class JobOutput:
+    """Polls one job's two output files and hands what is new to every follower's queue."""
+
+    def __init__(self, ucloud_id: str, folder: Path, is_final: Callable[[], bool], on_idle: Callable[[], None]) -> None:
+        self.ucloud_id = ucloud_id
+        self.tails = {stream: FileTail(folder / f"{stream}.txt") for stream in STREAMS}
+        self._is_final = is_final
+        self._on_idle = on_idle
+        self.followers: list[Follower] = []
+        self.finished = False
+        self._task: asyncio.Task[None] | None = None
+
+    def join(self) -> tuple[Follower, dict[str, int]]:
+        """A new follower, and the offsets its history must end at (what it gets live starts there)."""
+        follower = Follower()
+        self.followers.append(follower)
+        if self._task is None:
+            for tail in self.tails.values():  # the first follower: the reader starts at the files' end
+                tail.offset = tail.size()
+            self._task = asyncio.ensure_future(self._run())
+        if self.finished:
+            follower.queue.put_nowait(None)
+        return follower, {stream: tail.offset for stream, tail in self.tails.items()}
+
+    def leave(self, follower: Follower) -> None:
+        with contextlib.suppress(ValueError):
+            self.followers.remove(follower)
+        if not self.followers and self._task is not None:
+            self._task.cancel()
+            self._on_idle()
+
+    def _publish(self, item: tuple[str, str] | None) -> None:
+        for follower in list(self.followers):
+            if follower.too_slow:
+                continue
+            try:
+                follower.queue.put_nowait(item)
+            except asyncio.QueueFull:  # it cannot keep up: end it rather than stall or buffer for ever
+                follower.too_slow = True
+
+    async def _run(self) -> None:
+        since_final_check = FINAL_CHECK_SECONDS
+        final = False
+        while True:
+            got_any = False
+            for stream, tail in self.tails.items():
+                try:
+                    start, data = await asyncio.to_thread(tail.fetch)
+                    text = tail.take(start, data)  # no await between this and the publishing below
+                except OSError as exc:
+                    self._publish(("stderr", f"[The provider cannot read your job's {tail.path.name}: {exc.strerror}]\n"))
+                    log.warning("follow.unreadable", ucloud_id=self.ucloud_id, path=str(tail.path), error=str(exc))
+                    final = True
+                    text = ""
+                for piece in chunks(text):
+                    got_any = True
+                    self._publish((stream, piece))
+            if final and not got_any:  # final, and both files drained
+                self.finished = True
+                self._publish(None)
+                return
+            since_final_check += POLL_SECONDS
+            if since_final_check >= FINAL_CHECK_SECONDS and not final:
+                since_final_check = 0.0
+                final = await asyncio.to_thread(self._is_final)
+                if final:
+                    continue  # one more read: what the job wrote before it ended
+            await asyncio.sleep(POLL_SECONDS)
+
+
+class FollowHub:
+    """The job readers of the running daemon, one per followed job."""
+
+    def __init__(self, store: Store, jobs_directory: Path) -> None:
+        self._store = store
+        self._directory = jobs_directory
+        self._outputs: dict[str, JobOutput] = {}
+
+    def output(self, ucloud_id: str) -> JobOutput:
+        found = self._outputs.get(ucloud_id)
+        if found is None:
+
+            def is_final() -> bool:
+                job = self._store.get([ucloud_id]).get(ucloud_id)
+                return job is None or job.state.is_final
+
+            def forget() -> None:
+                self._outputs.pop(ucloud_id, None)
+
+            found = self._outputs[ucloud_id] = JobOutput(ucloud_id, self._directory / ucloud_id, is_final, forget)
+        return found
+
+    @property
+    def followed_jobs(self) -> int:
+        return len(self._outputs)
+
+
+# -- the websocket ----------------------------------------------------------------------------------
+
+
+async def follow(request: web.Request, hub: FollowHub, store: Store, provider_id: str) -> web.WebSocketResponse:
+    """Serve one follow stream (the token and the provider id were checked before the upgrade)."""
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4 * 1024 * 1024)
+    await ws.prepare(request)
+    session = os.urandom(8).hex()
+    try:
+        async with asyncio.timeout(INIT_TIMEOUT):
+            first = await ws.receive()
+    except TimeoutError:
+        await ws.close(message=b"no init frame")
+        return ws
+    if first.type != WSMsgType.TEXT:
+        await ws.close()
+        return ws
+    try:
+        init = parse_init(first.data, provider_id)
+    except FollowRefused as exc:
+        log.info("follow.refused", why=str(exc))
+        await ws.send_json(end_frame("", session, 400))
+        await ws.close()
+        return ws
+    job = (await asyncio.to_thread(store.get, [init.job_id])).get(init.job_id)
+    if job is None:
+        await ws.send_json(log_frame(init.stream_id, session, "stderr", "This job is not known to the provider.\n"))
+        await ws.send_json(end_frame(init.stream_id, session, 404))
+        await ws.close()
+        return ws
+    output = hub.output(init.job_id)
+    follower, offsets = output.join()
+    log.info("follow.started", ucloud_id=init.job_id, followers=len(output.followers))
+    reader = asyncio.ensure_future(_read_client(ws))
+    try:
+        for stream, tail in output.tails.items():
+            try:
+                history = await asyncio.to_thread(read_history, tail.path, offsets[stream])
+            except FileNotFoundError:
+                history = ""
+            except OSError as exc:
+                history = f"[The provider cannot read your job's {tail.path.name}: {exc.strerror}]\n"
+            for piece in chunks(history):
+                await ws.send_json(log_frame(init.stream_id, session, stream, piece))
+        while True:
+            getter = asyncio.ensure_future(follower.queue.get())
+            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:  # Core closed the socket or cancelled
+                getter.cancel()
+                if reader.result() == "cancel":
+                    await ws.send_json(end_frame(init.stream_id, session))
+                break
+            item = getter.result()
+            if item is None:
+                await ws.send_json(end_frame(init.stream_id, session))
+                break
+            await ws.send_json(log_frame(init.stream_id, session, *item))
+            if follower.too_slow and follower.queue.empty():
+                await ws.send_json(log_frame(init.stream_id, session, "stderr", "[This view fell too far behind; reopen it to follow again]\n"))
+                await ws.send_json(end_frame(init.stream_id, session))
+                break
+    except (ConnectionResetError, RuntimeError) as exc:  # the socket went away while sending
+        log.info("follow.disconnected", ucloud_id=init.job_id, error=str(exc))
+    finally:
+        output.leave(follower)
+        reader.cancel()
+        await ws.close()
+    return ws
+
+
+async def _read_client(ws: web.WebSocketResponse) -> str:
+    """Wait for Core to close the socket ("closed") or to cancel the stream ("cancel")."""
+    async for message in ws:
+        if message.type == WSMsgType.TEXT and is_cancel(message.data):
+            return "cancel"
+    return "closed"
