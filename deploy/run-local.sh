@@ -46,6 +46,9 @@ created=$("$BIN" dev-core create --app hello/1.0 --param greeting=UCloud --int-p
 echo "$created"
 job=$(echo "$created" | sed -n 's/^job \([0-9]*\): 200 .*/\1/p')
 [ -n "$job" ] || { echo "the create was refused" >&2; exit 1; }
+echo "== following the job's output live, as UCloud's job page does (dev-core follow):"
+"$BIN" dev-core follow --text "$job" 2>&1 | sed -u 's/^/   live: /' &
+FOLLOW_PID=$!
 echo "== what the stand-in Core receives for job $job (state - status line):"
 seen=0
 for _ in $(seq 1 120); do
@@ -63,6 +66,7 @@ for line in sys.stdin:
     fi
     sleep 1
 done
+wait "$FOLLOW_PID" || true  # the stream ends once the job is final and its output drained
 folder=/var/lib/ucloud-slurm-provider/jobs/$job
 echo "== the job's folder $folder holds: $(cd "$folder" && echo *)"
 sed 's/^/   stdout: /' "$folder/stdout.txt" 2>/dev/null || true
@@ -71,6 +75,7 @@ cat <<INFO
   export SLURM_CONF=$SLURM_CONF
   $BIN dev-core verify 54112              # the seed: Core asks about a job the provider never knew
   $BIN dev-core create --int-param seconds=60; $BIN jobs list
+  $BIN dev-core follow --text <job id>    # a job's output, live, as UCloud's job page shows it
   $BIN verify --dry-run
   $BIN usage --config deploy/demo/provider.toml      # the usage reported to Core, per owner and category
   curl -s http://127.0.0.1:8080/dev/updates

@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the ucMetricSampleRate Core adds to every job (its default: 0ms = off)")
     dev_create.add_argument("--job-id", help="the UCloud job id (default: a new one)")
     dev_create.set_defaults(func=cmd_dev_core_create)
+    dev_follow = dev_sub.add_parser("follow", help="follow a job's output as Core does (prints each frame)")
+    dev_follow.add_argument("--dir", type=Path, default=Path(DEFAULT_CONFIG_DIR))
+    dev_follow.add_argument("--provider-id", default="slurm")
+    dev_follow.add_argument("--provider-url", default="http://127.0.0.1:8889")
+    dev_follow.add_argument("--text", action="store_true", help="print the output itself, not the frames")
+    dev_follow.add_argument("job", help="the UCloud job id")
+    dev_follow.set_defaults(func=cmd_dev_core_follow)
     return parser
 
 
@@ -476,6 +483,33 @@ def cmd_dev_core_verify(args: argparse.Namespace) -> int:
 
     status, answer = asyncio.run(send())
     print(f"{status} {json.dumps(answer)}")
+    return EXIT_OK if status == 200 else EXIT_FAILED
+
+
+def cmd_dev_core_follow(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from provider.ucloud.devcore import DevCoreKeys, follow_job, job_body
+
+    keys = DevCoreKeys.load_or_create(args.dir)
+
+    async def run() -> int:
+        status = 0
+        async with aiohttp.ClientSession() as session:
+            async for frame in follow_job(session, args.provider_url, args.provider_id, keys, job_body(args.job)):
+                if frame.get("type") == "response":
+                    status = int(frame.get("status", 0))
+                if not args.text:
+                    print(json.dumps(frame), flush=True)
+                elif frame.get("type") == "message":
+                    payload = frame["payload"]
+                    for stream, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+                        if payload.get(stream):
+                            out.write(payload[stream])
+                            out.flush()
+        return status
+
+    status = asyncio.run(run())
     return EXIT_OK if status == 200 else EXIT_FAILED
 
 

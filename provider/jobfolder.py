@@ -7,7 +7,8 @@ through env(1), a shell, or sudo's command line.
 When jobs run as their owner, the owner must read the script and write output in the folder. A daemon
 running as root hands both over with chown; a daemon running as its own user (the documented setup,
 whose sudo rule allows sbatch and scancel only) cannot, so it grants the owner access with a POSIX ACL
-on files it owns, which needs no privilege.
+on files it owns, which needs no privilege, and reads the job's output through the folder's default
+ACL, which every file the job creates there inherits.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Linux's POSIX ACL extended attribute (linux/posix_acl_xattr.h): version 2, then (tag, perm, id) entries.
 _ACL_XATTR = "system.posix_acl_access"
+_ACL_DEFAULT_XATTR = "system.posix_acl_default"  # inherited by files created in a folder
 _ACL_VERSION = 2
 _USER_OBJ, _USER, _GROUP_OBJ, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
 _NO_ID = 0xFFFFFFFF
@@ -114,6 +116,9 @@ def _hand_over(user: str, folder: Path, script: Path, env_file: Path) -> None:
         os.setxattr(folder, _ACL_XATTR, acl_entries(entry.pw_uid, 0o7, 0o7, 0o5))
         os.setxattr(script, _ACL_XATTR, acl_entries(entry.pw_uid, 0o7, 0o5, 0o5))
         os.setxattr(env_file, _ACL_XATTR, acl_entries(entry.pw_uid, 0o6, 0o4, 0o4))
+        # What the job creates here (stdout.txt, stderr.txt) is the owner's; this default ACL lets the
+        # daemon's own user read it, so UCloud's job page can follow the output (provider/follow.py).
+        os.setxattr(folder, _ACL_DEFAULT_XATTR, acl_entries(os.geteuid(), 0o6, 0o4, 0o0))
     except OSError as exc:
         log.error("job.folder_acl_failed", folder=str(folder), user=user, error=str(exc))
         raise RequestRefused(

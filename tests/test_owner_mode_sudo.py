@@ -24,7 +24,7 @@ import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
 from helpers import PROVIDER_ID, LocalSlurm, new_ucloud_id, wait_for
-from provider.ucloud.devcore import DevCore, DevCoreKeys, call_provider, job_body
+from provider.ucloud.devcore import DevCore, DevCoreKeys, call_provider, follow_job, job_body
 
 pytestmark = pytest.mark.slurm
 
@@ -35,6 +35,7 @@ SUDOERS = Path("/etc/sudoers.d/ucloud-slurm-provider-test")
 SCRIPT = """#!/bin/bash
 printf '%s' "$UCLOUD_PARAM_VALUE" > value.txt
 id -un > whoami.txt
+echo "visible to UCloud"
 sleep "${UCLOUD_PARAM_SECONDS:-0}"
 """
 
@@ -246,6 +247,11 @@ format = "json"
             assert (folder / "value.txt").read_text() == value  # commas, newline, quotes: as sent
             assert (folder / "whoami.txt").read_text().strip() == accounts.job_user
             assert pwd.getpwuid((folder / "value.txt").stat().st_uid).pw_name == accounts.job_user
+            # UCloud's job page: the non-root daemon reads the owner's output through the folder's default ACL
+            frames = [frame async for frame in follow_job(session, url, PROVIDER_ID, keys, job)]
+            assert frames[-1]["type"] == "response" and frames[-1]["status"] == 200, frames
+            stdout = "".join(f["payload"]["stdout"] or "" for f in frames if f["type"] == "message")
+            assert stdout == "visible to UCloud\n", frames
 
             # terminate: scancel as the owner, through the same rule
             long_job = job_body(new_ucloud_id(), "IN_QUEUE", provider=PROVIDER_ID, product=("cpu-1", "cpu"),

@@ -16,7 +16,7 @@ import functools
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -460,3 +460,24 @@ async def send_verify(
 ) -> tuple[int, Any]:
     """POST a verify to the provider, signed as Core signs."""
     return await call_provider(session, provider_url, f"/ucloud/{provider_id}/jobs/verify", keys, body)
+
+
+async def follow_job(
+    session: aiohttp.ClientSession, provider_url: str, provider_id: str, keys: DevCoreKeys, job: dict[str, Any],
+    username: str = "user",
+) -> AsyncIterator[dict[str, Any]]:
+    """Follow a job's output as Core's ``jobsFollow`` does: dial the provider's websocket with the bearer
+    token and a base64url username hint, send the ``init`` frame, yield every frame until the stream ends."""
+    hint = base64.urlsafe_b64encode(username.encode()).decode()
+    url = f"{provider_url.rstrip('/')}/ucloud/jobs.provider.{provider_id}/websocket?usernameHint={hint}"
+    async with session.ws_connect(url, headers={"Authorization": f"Bearer {keys.service_token()}"}) as ws:
+        init = {"call": f"jobs.provider.{provider_id}.follow", "streamId": "ignored",
+                "payload": {"type": "init", "job": job}, "bearer": "", "project": None}
+        await ws.send_str(json.dumps(init))
+        async for message in ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                break
+            frame = json.loads(message.data)
+            yield frame
+            if frame.get("type") == "response":
+                break
