@@ -166,7 +166,7 @@ async def verify_1024(jobs: BenchJobs, work: Path) -> tuple[float, float]:
         status, _ = await send_verify(session, url, "slurm", keys, raw)
         answered = (time.perf_counter() - started) * 1000
         assert status == 200, status
-        while len({u["id"] for u in core.updates}) < len(bodies):  # noqa: ASYNC110 (polling DevCore's list is the measurement)
+        while len({u["id"] for u in core.updates}) < len(bodies):  # polling DevCore's list is the measurement
             await asyncio.sleep(0.005)
         delivered = (time.perf_counter() - started) * 1000
     await runner.cleanup()

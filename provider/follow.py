@@ -138,6 +138,13 @@ class FileTail:
         except FileNotFoundError:
             return 0
 
+    def changed(self) -> bool:
+        """Whether there is anything to read (one stat, cheap enough for the event loop itself)."""
+        try:
+            return os.stat(self.path).st_size != self.offset
+        except FileNotFoundError:
+            return False
+
 
 def read_history(path: Path, end: int, limit: int = HISTORY_BYTES) -> str:
     """The file's text before ``end`` (its last ``limit`` bytes, with a line saying what was left out)."""
@@ -213,6 +220,8 @@ class JobOutput:
             got_any = False
             for stream, tail in self.tails.items():
                 try:
+                    if not tail.changed():  # the usual tick: nothing new, no thread, no read
+                        continue
                     start, data = await asyncio.to_thread(tail.fetch)
                     text = tail.take(start, data)  # no await between this and the publishing below
                 except OSError as exc:
@@ -230,33 +239,52 @@ class JobOutput:
             since_final_check += POLL_SECONDS
             if since_final_check >= FINAL_CHECK_SECONDS and not final:
                 since_final_check = 0.0
-                final = await asyncio.to_thread(self._is_final)
+                final = self._is_final()
                 if final:
                     continue  # one more read: what the job wrote before it ended
             await asyncio.sleep(POLL_SECONDS)
 
 
 class FollowHub:
-    """The job readers of the running daemon, one per followed job."""
+    """The job readers of the running daemon, one per followed job, and one look a second at the job map
+    for all of them (which of the followed jobs are final), however many jobs are followed."""
 
     def __init__(self, store: Store, jobs_directory: Path) -> None:
         self._store = store
         self._directory = jobs_directory
         self._outputs: dict[str, JobOutput] = {}
+        self._final: set[str] = set()
+        self._watcher: asyncio.Task[None] | None = None
 
     def output(self, ucloud_id: str) -> JobOutput:
         found = self._outputs.get(ucloud_id)
         if found is None:
 
-            def is_final() -> bool:
-                job = self._store.get([ucloud_id]).get(ucloud_id)
-                return job is None or job.state.is_final
-
             def forget() -> None:
                 self._outputs.pop(ucloud_id, None)
+                self._final.discard(ucloud_id)
 
-            found = self._outputs[ucloud_id] = JobOutput(ucloud_id, self._directory / ucloud_id, is_final, forget)
+            found = self._outputs[ucloud_id] = JobOutput(
+                ucloud_id, self._directory / ucloud_id, lambda: ucloud_id in self._final, forget
+            )
+            if self._watcher is None or self._watcher.done():
+                self._watcher = asyncio.ensure_future(self._watch_finals())
         return found
+
+    async def _watch_finals(self) -> None:
+        while self._outputs:
+            ids = list(self._outputs)
+            try:
+                jobs = await asyncio.to_thread(self._store.get, ids)
+            except Exception as exc:  # the store failing must not end anyone's stream early
+                log.warning("follow.store_failed", error=str(exc))
+            else:
+                self._final.update(i for i in ids if i not in jobs or jobs[i].state.is_final)
+            await asyncio.sleep(FINAL_CHECK_SECONDS)
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
 
     @property
     def followed_jobs(self) -> int:

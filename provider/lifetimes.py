@@ -127,6 +127,7 @@ async def reconciliation(app: web.Application) -> AsyncIterator[None]:
             background(sweeper.run(), "sweeper", app[TASKS]),
         ):
             yield
+        app[FOLLOW].close()
         # Shutdown: decide what was already accepted (a verify answered {}), so its updates reach
         # the outbox before the sender's last drain.
         await sync.flush(timeout=10)
