@@ -111,39 +111,45 @@ class FileTail:
 
     path: Path
     offset: int = 0
+    inode: int = 0  # of the file read so far: another one (a rotation) is read from its start
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
-    def fetch(self, limit: int = CHUNK_BYTES * 16) -> tuple[int, bytes]:
-        """(where the bytes start, the bytes appended since ``offset``); nothing if the file is not there."""
+    def fetch(self, limit: int = CHUNK_BYTES * 16) -> tuple[int, int, bytes]:
+        """(the file's inode, where the bytes start, the bytes appended since ``offset``); nothing if the
+        file is not there."""
         try:
             with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                start = 0 if size < self.offset else self.offset  # truncated or rotated: start over
-                if size == start:
-                    return start, b""
+                stat = os.fstat(f.fileno())
+                same = stat.st_ino == self.inode and stat.st_size >= self.offset
+                start = self.offset if same else 0  # truncated, or replaced by another file: start over
+                if stat.st_size == start:
+                    return stat.st_ino, start, b""
                 f.seek(start)
-                return start, f.read(min(limit, size - start))
+                return stat.st_ino, start, f.read(min(limit, stat.st_size - start))
         except FileNotFoundError:
-            return self.offset, b""
+            return self.inode, self.offset, b""
 
-    def take(self, start: int, data: bytes) -> str:
-        if start != self.offset:
+    def take(self, inode: int, start: int, data: bytes) -> str:
+        if start != self.offset or inode != self.inode:
             self.decoder.reset()
-        self.offset = start + len(data)
+        self.inode, self.offset = inode, start + len(data)
         return self.decoder.decode(data)
 
-    def size(self) -> int:
+    def identity(self) -> tuple[int, int]:
+        """(inode, size) of the file now; (0, 0) if it is not there yet."""
         try:
-            return self.path.stat().st_size
+            stat = self.path.stat()
         except FileNotFoundError:
-            return 0
+            return 0, 0
+        return stat.st_ino, stat.st_size
 
     def changed(self) -> bool:
         """Whether there is anything to read (one stat, cheap enough for the event loop itself)."""
         try:
-            return os.stat(self.path).st_size != self.offset
+            stat = os.stat(self.path)
         except FileNotFoundError:
             return False
+        return stat.st_size != self.offset or stat.st_ino != self.inode
 
 
 def read_history(path: Path, end: int, limit: int = HISTORY_BYTES) -> str:
@@ -191,7 +197,7 @@ class JobOutput:
         self.followers.append(follower)
         if self._task is None:
             for tail in self.tails.values():  # the first follower: the reader starts at the files' end
-                tail.offset = tail.size()
+                tail.inode, tail.offset = tail.identity()
             self._task = asyncio.ensure_future(self._run())
         if self.finished:
             follower.queue.put_nowait(None)
@@ -222,8 +228,8 @@ class JobOutput:
                 try:
                     if not tail.changed():  # the usual tick: nothing new, no thread, no read
                         continue
-                    start, data = await asyncio.to_thread(tail.fetch)
-                    text = tail.take(start, data)  # no await between this and the publishing below
+                    inode, start, data = await asyncio.to_thread(tail.fetch)
+                    text = tail.take(inode, start, data)  # no await between this and the publishing below
                 except OSError as exc:
                     self._publish(("stderr", f"[The provider cannot read your job's {tail.path.name}: {exc.strerror}]\n"))
                     log.warning("follow.unreadable", ucloud_id=self.ucloud_id, path=str(tail.path), error=str(exc))

@@ -61,6 +61,10 @@ def test_a_tail_decodes_across_reads_and_starts_over_after_truncation(tmp_path: 
     assert tail.take(*tail.fetch()) == "é\ufffd\n"
     path.write_bytes(b"n\n")  # truncated (shorter than what was read) and rewritten
     assert tail.take(*tail.fetch()) == "n\n"
+    path.rename(tmp_path / "stdout.txt.1")  # rotated: a new file, already longer than what was read
+    path.write_bytes(b"rotated, and longer\n")
+    assert tail.changed() and tail.take(*tail.fetch()) == "rotated, and longer\n"
+    assert not tail.changed() and tail.take(*tail.fetch()) == ""
 
 
 def test_history_of_a_huge_file_says_what_was_left_out(tmp_path: Path) -> None:
