@@ -170,6 +170,9 @@ class JobsSection(_Section):
     user_template: str = "{username}"  # owner -> Unix user; {username} is the UCloud name before '#', lowercased
     users: dict[str, str] = Field(default_factory=dict)  # explicit UCloud username -> Unix user
     submit_timeout: PositiveSeconds = 4.0  # Core waits 5 s for create
+    # A job's PATH. sbatch --export-file gives a job only the variables in its file (and Slurm's own),
+    # so the daemon sets PATH, HOME, USER, LOGNAME and SHELL for it; srun's tasks inherit them.
+    path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class AccountingSection(_Section):

@@ -19,6 +19,7 @@ import codecs
 import contextlib
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from provider.store import Store
 log = structlog.get_logger(__name__)
 
 STREAMS = ("stdout", "stderr")
+# Per-node output a job script writes with ``srun --output=stdout.%t.txt --error=stderr.%t.txt``: rank N.
+RANK_FILE = re.compile(r"^(stdout|stderr)\.(\d{1,5})\.txt$")
 POLL_SECONDS = 0.2  # as IM2's tail
 FINAL_CHECK_SECONDS = 1.0  # how often a reader asks the job map whether the job is final
 HISTORY_BYTES = 4 * 1024 * 1024  # what a new follower gets of a file's past, at most
@@ -85,16 +88,16 @@ def is_cancel(text: str) -> bool:
     return message.get("type") == "cancel" or (isinstance(payload, dict) and payload.get("type") == "cancel")
 
 
-def log_frame(stream_id: str, session: str, stream: str, text: str) -> dict[str, Any]:
+def log_frame(stream_id: str, session: str, stream: str, text: str, rank: int = 0) -> dict[str, Any]:
     """One ``message`` frame; Core decodes ``payload`` as Go's ``JobLogMessage``."""
-    payload = {"streamId": session, "rank": 0, "stdout": None, "stderr": None, "channel": None}
+    payload: dict[str, Any] = {"streamId": session, "rank": rank, "stdout": None, "stderr": None, "channel": None}
     payload[stream] = text
     return {"type": "message", "streamId": stream_id, "payload": payload}
 
 
 def end_frame(stream_id: str, session: str, status: int = 200) -> dict[str, Any]:
     """The ``response`` frame that ends a stream (as IM2 sends it)."""
-    payload = {"streamId": session, "rank": 0, "stdout": None, "stderr": None, "channel": None}
+    payload: dict[str, Any] = {"streamId": session, "rank": 0, "stdout": None, "stderr": None, "channel": None}
     return {"type": "response", "status": status, "streamId": stream_id, "payload": payload}
 
 
@@ -173,18 +176,26 @@ def chunks(text: str, size: int = CHUNK_BYTES) -> list[str]:
 # -- one reader a job, shared by its followers ------------------------------------------------------
 
 
+Chunk = tuple[str, int, str]  # (stdout or stderr, rank, text)
+
+
 @dataclass
 class Follower:
-    queue: asyncio.Queue[tuple[str, str] | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_FRAMES))
+    queue: asyncio.Queue[Chunk | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_FRAMES))
     too_slow: bool = False
 
 
 class JobOutput:
-    """Polls one job's two output files and hands what is new to every follower's queue."""
+    """Polls one job's output files and hands what is new to every follower's queue: ``stdout.txt`` and
+    ``stderr.txt`` as rank 0, and ``stdout.<N>.txt`` / ``stderr.<N>.txt`` as rank N when the job writes them."""
 
     def __init__(self, ucloud_id: str, folder: Path, is_final: Callable[[], bool], on_idle: Callable[[], None]) -> None:
         self.ucloud_id = ucloud_id
-        self.tails = {stream: FileTail(folder / f"{stream}.txt") for stream in STREAMS}
+        self.folder = folder
+        # file name -> (stream, rank, its tail)
+        self.tails: dict[str, tuple[str, int, FileTail]] = {
+            f"{stream}.txt": (stream, 0, FileTail(folder / f"{stream}.txt")) for stream in STREAMS
+        }
         self._is_final = is_final
         self._on_idle = on_idle
         self.followers: list[Follower] = []
@@ -196,12 +207,24 @@ class JobOutput:
         follower = Follower()
         self.followers.append(follower)
         if self._task is None:
-            for tail in self.tails.values():  # the first follower: the reader starts at the files' end
+            self._discover()
+            for _, _, tail in self.tails.values():  # the first follower: the reader starts at the files' end
                 tail.inode, tail.offset = tail.identity()
             self._task = asyncio.ensure_future(self._run())
         if self.finished:
             follower.queue.put_nowait(None)
-        return follower, {stream: tail.offset for stream, tail in self.tails.items()}
+        return follower, {name: tail.offset for name, (_, _, tail) in self.tails.items()}
+
+    def _discover(self) -> None:
+        """Per-rank files the job has created since the last look (read from their start)."""
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        for name in names:
+            match = RANK_FILE.match(name)
+            if match and name not in self.tails:
+                self.tails[name] = (match.group(1), int(match.group(2)), FileTail(self.folder / name))
 
     def leave(self, follower: Follower) -> None:
         with contextlib.suppress(ValueError):
@@ -210,7 +233,7 @@ class JobOutput:
             self._task.cancel()
             self._on_idle()
 
-    def _publish(self, item: tuple[str, str] | None) -> None:
+    def _publish(self, item: Chunk | None) -> None:
         for follower in list(self.followers):
             if follower.too_slow:
                 continue
@@ -224,20 +247,20 @@ class JobOutput:
         final = False
         while True:
             got_any = False
-            for stream, tail in self.tails.items():
+            for stream, rank, tail in list(self.tails.values()):
                 try:
                     if not tail.changed():  # the usual tick: nothing new, no thread, no read
                         continue
                     inode, start, data = await asyncio.to_thread(tail.fetch)
                     text = tail.take(inode, start, data)  # no await between this and the publishing below
                 except OSError as exc:
-                    self._publish(("stderr", f"[The provider cannot read your job's {tail.path.name}: {exc.strerror}]\n"))
+                    self._publish(("stderr", rank, f"[The provider cannot read your job's {tail.path.name}: {exc.strerror}]\n"))
                     log.warning("follow.unreadable", ucloud_id=self.ucloud_id, path=str(tail.path), error=str(exc))
                     final = True
                     text = ""
                 for piece in chunks(text):
                     got_any = True
-                    self._publish((stream, piece))
+                    self._publish((stream, rank, piece))
             if final and not got_any:  # final, and both files drained
                 self.finished = True
                 self._publish(None)
@@ -245,6 +268,7 @@ class JobOutput:
             since_final_check += POLL_SECONDS
             if since_final_check >= FINAL_CHECK_SECONDS and not final:
                 since_final_check = 0.0
+                self._discover()
                 final = self._is_final()
                 if final:
                     continue  # one more read: what the job wrote before it ended
@@ -332,15 +356,17 @@ async def follow(request: web.Request, hub: FollowHub, store: Store, provider_id
     log.info("follow.started", ucloud_id=init.job_id, followers=len(output.followers))
     reader = asyncio.ensure_future(_read_client(ws))
     try:
-        for stream, tail in output.tails.items():
+        for name, (stream, rank, tail) in list(output.tails.items()):
+            if name not in offsets:  # appeared after this follower joined: it comes live, from its start
+                continue
             try:
-                history = await asyncio.to_thread(read_history, tail.path, offsets[stream])
+                history = await asyncio.to_thread(read_history, tail.path, offsets[name])
             except FileNotFoundError:
                 history = ""
             except OSError as exc:
                 history = f"[The provider cannot read your job's {tail.path.name}: {exc.strerror}]\n"
             for piece in chunks(history):
-                await ws.send_json(log_frame(init.stream_id, session, stream, piece))
+                await ws.send_json(log_frame(init.stream_id, session, stream, piece, rank))
         while True:
             getter = asyncio.ensure_future(follower.queue.get())
             done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -353,7 +379,8 @@ async def follow(request: web.Request, hub: FollowHub, store: Store, provider_id
             if item is None:
                 await ws.send_json(end_frame(init.stream_id, session))
                 break
-            await ws.send_json(log_frame(init.stream_id, session, *item))
+            stream, rank, text = item
+            await ws.send_json(log_frame(init.stream_id, session, stream, text, rank))
             if follower.too_slow and follower.queue.empty():
                 await ws.send_json(log_frame(init.stream_id, session, "stderr", "[This view fell too far behind; reopen it to follow again]\n"))
                 await ws.send_json(end_frame(init.stream_id, session))

@@ -58,6 +58,26 @@ def environment_file(env: Mapping[str, str]) -> bytes:
     return b"".join(parts)
 
 
+def base_environment(unix_user: str | None, path: str) -> dict[str, str]:
+    """The variables every process needs, for the user the job runs as (``None``: the daemon's own).
+
+    sbatch's ``--export-file`` hands a job only the variables in the file (and Slurm's ``SLURM_*``):
+    without these, the batch script's own bash finds programs on its built-in default path, but
+    every program it starts (``srun``'s tasks among them) gets no PATH and no HOME.
+    """
+    try:
+        entry = pwd.getpwnam(unix_user) if unix_user is not None else pwd.getpwuid(os.geteuid())
+    except KeyError:
+        raise RequestRefused(f"The cluster has no user {unix_user!r} to run your job") from None
+    return {
+        "PATH": path,
+        "HOME": entry.pw_dir,
+        "USER": entry.pw_name,
+        "LOGNAME": entry.pw_name,
+        "SHELL": entry.pw_shell or "/bin/sh",
+    }
+
+
 def acl_entries(owner_uid: int, perms_owner: int, perms_user: int, perms_group: int) -> bytes:
     """The ``system.posix_acl_access`` value granting the file's owner, one named user and the group."""
     entries = [

@@ -15,13 +15,14 @@ import asyncio
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import structlog
 
 from provider.accounting import Owner, UsageSubject
 from provider.config import LiveSettings, Settings
-from provider.jobfolder import prepare_folder, remove_folder
+from provider.jobfolder import base_environment, prepare_folder, remove_folder
 from provider.reconcile import TrackedJob, slurm_job_if_ours
 from provider.slurm.backend import SlurmBackend
 from provider.slurm.control import SlurmCommandFailed, SlurmControl
@@ -141,7 +142,10 @@ class JobService:
         )
         if plan.ignored_parameters:  # Core's own, or not declared in [applications.parameters]
             log.info("job.parameters_ignored", ucloud_id=job.id, names=list(plan.ignored_parameters))
-        script, env_file, created = await asyncio.to_thread(prepare_folder, plan, plan.environment)
+        def prepare() -> tuple[Path, Path, bool]:  # in a thread: the user lookup may ask LDAP
+            return prepare_folder(plan, {**base_environment(plan.unix_user, s.jobs.path), **plan.environment})
+
+        script, env_file, created = await asyncio.to_thread(prepare)
         try:
             args = [*plan.argv[1:], f"--export-file={env_file}"]  # argv[0] is sbatch: SlurmTools finds it
             return await self._submit_prepared(job, args, plan.unix_user, str(script), str(plan.folder))

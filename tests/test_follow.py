@@ -87,7 +87,7 @@ async def test_a_follower_that_falls_behind_is_ended_and_the_others_get_everythi
 
     async def consume() -> None:
         while (item := await fast.queue.get()) is not None:
-            got.append(item[1])
+            got.append(item[2])
 
     consumer = asyncio.ensure_future(consume())
     with (folder / "stdout.txt").open("a") as f:
@@ -100,3 +100,18 @@ async def test_a_follower_that_falls_behind_is_ended_and_the_others_get_everythi
     assert slow.too_slow and slow.queue.qsize() == 4  # bounded: it holds no more than that
     assert "".join(got) == "".join(f"{n}\n" for n in range(12))
     await wait_for(lambda: output.finished, 5)
+
+
+async def test_per_rank_files_reach_core_with_their_rank(tmp_path: Path) -> None:
+    folder = tmp_path / "jobs" / "8"
+    folder.mkdir(parents=True)
+    (folder / "stdout.txt").write_text("batch\n")
+    output = JobOutput("8", folder, lambda: False, lambda: None)
+    follower, offsets = output.join()
+    assert offsets == {"stdout.txt": 6, "stderr.txt": 0}  # history ends where live begins
+    (folder / "stdout.1.txt").write_text("node two\n")  # srun --output=stdout.%t.txt, task 1
+    (folder / "stderr.0.txt").write_text("node one complains\n")
+    (folder / "stdout.x.txt").write_text("not a rank\n")
+    got = {await asyncio.wait_for(follower.queue.get(), 10) for _ in range(2)}
+    assert got == {("stdout", 1, "node two\n"), ("stderr", 0, "node one complains\n")}
+    output.leave(follower)

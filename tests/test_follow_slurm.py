@@ -31,6 +31,7 @@ sleep 3
 echo "second line"
 printf 'not utf-8: \\xff\\xfe end\\n'
 head -c 200000 /dev/zero | tr '\\0' 'x'; echo
+srun --overcommit --ntasks=2 --ntasks-per-node=2 --output=stdout.%t.txt bash -c 'echo "hello from rank $SLURM_PROCID"'
 sleep "${UCLOUD_PARAM_SECONDS:-0}"
 echo "done"
 """
@@ -91,8 +92,8 @@ async def follow(h: Harness, job: dict[str, Any], *, stop_after: int | None = No
     return frames
 
 
-def text_of(frames: list[dict[str, Any]], stream: str) -> str:
-    return "".join(f["payload"][stream] or "" for f in frames if f["type"] == "message")
+def text_of(frames: list[dict[str, Any]], stream: str, rank: int = 0) -> str:
+    return "".join(f["payload"][stream] or "" for f in frames if f["type"] == "message" and f["payload"]["rank"] == rank)
 
 
 async def test_a_job_is_followed_from_before_it_starts_to_after_it_ends(provider: Harness) -> None:
@@ -102,12 +103,15 @@ async def test_a_job_is_followed_from_before_it_starts_to_after_it_ends(provider
     assert frames[-1]["type"] == "response" and frames[-1]["status"] == 200 and frames[-1]["streamId"] == "ignored"
     for frame in frames[:-1]:  # Go's JobLogMessage inside Core's WSResponseMessage
         assert frame["type"] == "message" and frame["streamId"] == "ignored"
-        assert set(frame["payload"]) == {"streamId", "rank", "stdout", "stderr", "channel"} and frame["payload"]["rank"] == 0
+        assert set(frame["payload"]) == {"streamId", "rank", "stdout", "stderr", "channel"} and frame["payload"]["rank"] in (0, 1)
         assert len(json.dumps(frame)) < 200_000  # a long line is cut into frames
     stdout = text_of(frames, "stdout")
     assert stdout.startswith("first line\nsecond line\nnot utf-8: \ufffd\ufffd end\n")
-    assert "x" * 200_000 in stdout and stdout.endswith("done\n")
+    assert "x" * 200_000 in stdout and "\ndone\n" in stdout
     assert text_of(frames, "stderr") == "first error\n"
+    # srun --output=stdout.%t.txt: each task's output with its rank (task 0's joins the batch script's)
+    assert text_of(frames, "stdout", rank=1) == "hello from rank 1\n"
+    assert "hello from rank 0\n" in stdout
     stored = provider.store.get([job["id"]])[job["id"]]
     assert stored.state is JobState.SUCCESS  # the stream ended because the job was final
 
@@ -119,7 +123,7 @@ async def test_a_late_follower_gets_the_history_then_the_rest(provider: Harness)
     await wait_for(lambda: "second line" in (folder / "stdout.txt").read_text(errors="replace") if (folder / "stdout.txt").exists() else False, 60)
     frames = await follow(provider, job)
     stdout = text_of(frames, "stdout")
-    assert stdout.count("first line") == 1 and stdout.endswith("done\n") and frames[-1]["status"] == 200
+    assert stdout.count("first line") == 1 and "\ndone\n" in stdout and frames[-1]["status"] == 200
 
 
 async def test_followers_share_one_reader_and_one_that_hangs_up_changes_nothing(provider: Harness) -> None:
@@ -133,7 +137,8 @@ async def test_followers_share_one_reader_and_one_that_hangs_up_changes_nothing(
     results = await asyncio.gather(*crowd)
     for frames in results:
         assert frames[-1]["status"] == 200
-        assert text_of(frames, "stdout").startswith("first line\n") and text_of(frames, "stdout").endswith("done\n")
+        assert text_of(frames, "stdout").startswith("first line\n") and "\ndone\n" in text_of(frames, "stdout")
+        assert text_of(frames, "stdout", rank=1) == "hello from rank 1\n"
         assert text_of(frames, "stderr") == "first error\n"
     await wait_for(lambda: hub.followed_jobs == 0, 10)  # the reader stops with its last follower
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from provider.jobfolder import acl_entries, environment_file, prepare_folder
+from provider.jobfolder import acl_entries, base_environment, environment_file, prepare_folder
 from provider.submission import RequestRefused, Submission
 
 
@@ -62,3 +62,12 @@ def test_the_folder_holds_the_script_and_the_environment(tmp_path: Path) -> None
     written, env_file, created = prepare_folder(plan(tmp_path, script), {"UCLOUD_JOB_ID": "5"})
     assert created and written.read_text() == script.read_text() and os.access(written, os.X_OK)
     assert env_file.read_bytes() == b"UCLOUD_JOB_ID=5\x00"
+
+
+def test_a_job_gets_path_home_and_its_users_names() -> None:
+    """sbatch --export-file hands a job only what the file holds: without these, srun's tasks find no program."""
+    root = base_environment("root", "/opt/site/bin:/usr/bin")
+    assert root == {"PATH": "/opt/site/bin:/usr/bin", "HOME": "/root", "USER": "root", "LOGNAME": "root",
+                    "SHELL": root["SHELL"]}
+    with pytest.raises(RequestRefused, match="no user"):
+        base_environment("no-such-user-here", "/usr/bin")
