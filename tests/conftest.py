@@ -43,13 +43,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def slurm() -> Iterator[LocalSlurm]:
     """A real Slurm (slurmctld, slurmd, slurmdbd, MariaDB, munge), started for the session if not up.
 
-    PROVIDER_TEST_SLURM_CONF points the tests at a cluster that runs already (another Slurm version,
-    the compose cluster in deploy/docker): the tests neither start nor stop it, and use
-    PROVIDER_TEST_SLURM_CTL (a command taking ``<daemon> stop|start``) for fault injection if given.
+    PROVIDER_TEST_SLURM_CONF points the tests at a cluster that runs already, this host being its login
+    node (the compose cluster of deploy/docker, another Slurm version): the tests neither start nor
+    stop it. PROVIDER_TEST_SLURM_CTL is its control channel, a command taking ``<daemon> <action>``
+    (fault injection) and ``user NAME...`` (deploy/docker/ctl.sh); PROVIDER_TEST_SHARED_DIR a folder
+    its nodes see at the same path (pytest's --basetemp goes inside it).
     """
     external = os.environ.get("PROVIDER_TEST_SLURM_CONF")
-    if os.environ.get("PROVIDER_TEST_CLUSTER") == "docker":  # the compose cluster of deploy/docker
-        external = external or os.environ.get("SLURM_CONF")
     if external:
         env = {**os.environ, "SLURM_CONF": external}
         ctl = os.environ.get("PROVIDER_TEST_SLURM_CTL", "")

@@ -99,7 +99,19 @@ class LocalSlurm:
         """Stop or start one daemon (fault injection): ``ctl.sh slurmctld stop`` and the like."""
         if not self.ctl_command:
             pytest.skip("this external cluster has no PROVIDER_TEST_SLURM_CTL to stop and start its daemons")
-        subprocess.run([*self.ctl_command, daemon, action], env=self.env(), check=True, timeout=120, capture_output=True)
+        subprocess.run([*self.ctl_command, daemon, action], env=self.env(), check=True, timeout=300, capture_output=True)
+
+    def add_users(self, *names: str) -> None:
+        """Give the cluster's nodes these users of this host (login node), as a site's directory service
+        does: ``ctl.sh user NAME...`` (the single-host cluster has them already)."""
+        if not self.ctl_command:
+            pytest.skip("this external cluster has no PROVIDER_TEST_SLURM_CTL to give its nodes this host's users")
+        subprocess.run([*self.ctl_command, "user", *names], env=self.env(), check=True, timeout=120, capture_output=True)
+
+
+# A folder the cluster's nodes see at the same path as this host (the job folders' file system):
+# /tmp on the single-host cluster, the shared folder of the compose cluster (deploy/docker/cluster.sh).
+SHARED_TMP = Path(os.environ.get("PROVIDER_TEST_SHARED_DIR", "/tmp"))
 
 
 # The test session's own cluster, beside (not instead of) a development cluster on the default ports.
@@ -111,6 +123,7 @@ TEST_CLUSTER = {
     "SLURM_LOCAL_DBD_PORT": "6919",
     "SLURM_LOCAL_DB_PORT": "3407",
     "SLURM_LOCAL_MIN_JOB_AGE": "30",
+    "SLURM_LOCAL_NODES": "2",  # jobs that span nodes (tests/test_multinode_slurm.py)
 }
 
 

@@ -7,7 +7,6 @@ verify call at all.
 from __future__ import annotations
 
 import asyncio
-import os
 import pwd
 import re
 import shutil
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from helpers import PROVIDER_ID, Harness, HarnessFactory, LocalSlurm, new_ucloud_id, wait_for
+from helpers import PROVIDER_ID, SHARED_TMP, Harness, HarnessFactory, LocalSlurm, new_ucloud_id, wait_for
 from provider.ucloud.devcore import job_body
 
 pytestmark = pytest.mark.slurm
@@ -190,7 +189,7 @@ async def test_extend_changes_slurms_time_limit_and_cores_allocation(provider: H
 async def test_a_hostile_parameter_reaches_the_script_unchanged_and_runs_nothing(
     provider: Harness, slurm: LocalSlurm, tmp_path: Path
 ) -> None:
-    marker = Path(f"/tmp/pwned-{uuid.uuid4().hex}")
+    marker = SHARED_TMP / f"pwned-{uuid.uuid4().hex}"  # where the job runs
     value = f"$(touch {marker}); \"quoted\" 'x' `touch {marker}` ; touch {marker}"
     job = new_job(value=value)
     slurm.submitted.append(await create(provider, job))
@@ -251,16 +250,15 @@ async def test_a_restarted_daemon_picks_up_where_it_was_and_sends_each_transitio
 
 
 @pytest.fixture(scope="session")
-def unix_user() -> Iterator[str]:
+def unix_user(slurm: LocalSlurm) -> Iterator[str]:
     """A real Unix user for owner-mapped submission (created for the session, removed afterwards)."""
     if not shutil.which("sudo"):
         pytest.skip("sudo is not installed (deploy/test.sh installs it); owner-mapped submission runs sbatch through sudo")
-    if os.environ.get("PROVIDER_TEST_SLURM_CONF") or os.environ.get("PROVIDER_TEST_CLUSTER"):
-        pytest.skip("an external cluster's nodes cannot see this host's Unix users and /tmp job folders")
     name = "ucloudtest1"
     created = subprocess.run(["id", name], capture_output=True).returncode != 0
     if created:
         subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/bash", name], check=True)
+    slurm.add_users(name)
     yield name
     if created:
         subprocess.run(["userdel", name], check=False)
@@ -269,7 +267,7 @@ def unix_user() -> Iterator[str]:
 async def test_jobs_run_as_their_owner_when_configured(
     slurm: LocalSlurm, make_harness: HarnessFactory, app_script: Path, unix_user: str
 ) -> None:
-    jobs_dir = Path(f"/tmp/ucloud-owner-jobs-{uuid.uuid4().hex[:8]}")
+    jobs_dir = SHARED_TMP / f"ucloud-owner-jobs-{uuid.uuid4().hex[:8]}"
     jobs_dir.mkdir(mode=0o755)
     app_script.parent.chmod(0o755)
     app_script.chmod(0o644)

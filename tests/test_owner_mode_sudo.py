@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
-from helpers import PROVIDER_ID, LocalSlurm, new_ucloud_id, wait_for
+from helpers import PROVIDER_ID, SHARED_TMP, LocalSlurm, new_ucloud_id, wait_for
 from provider.ucloud.devcore import DevCore, DevCoreKeys, call_provider, follow_job, job_body
 
 pytestmark = pytest.mark.slurm
@@ -55,14 +55,12 @@ class Accounts:
 
 
 @pytest.fixture(scope="module")
-def accounts() -> Iterator[Accounts]:
+def accounts(slurm: LocalSlurm) -> Iterator[Accounts]:
     """A non-root service user, a job user in the group the rule names, and the rule itself installed."""
     if os.geteuid() != 0:
         pytest.skip("creating users and a sudoers file needs root")
     if not shutil.which("sudo") or not shutil.which("visudo"):
         pytest.skip("sudo is not installed (deploy/test.sh installs it)")
-    if os.environ.get("PROVIDER_TEST_SLURM_CONF") or os.environ.get("PROVIDER_TEST_CLUSTER"):
-        pytest.skip("an external cluster's nodes cannot see this host's Unix users and /tmp job folders")
     made: list[list[str]] = []
     if subprocess.run(["getent", "group", JOB_GROUP], capture_output=True).returncode != 0:
         subprocess.run(["groupadd", JOB_GROUP], check=True)
@@ -72,6 +70,7 @@ def accounts() -> Iterator[Accounts]:
             subprocess.run(["useradd", "--no-create-home", *extra, user], check=True)
             made.insert(0, ["userdel", user])
     subprocess.run(["usermod", "-a", "-G", JOB_GROUP, JOB_USER], check=True)
+    slurm.add_users(JOB_USER)
     rule = documented_sudoers_rule().replace("ucloud-provider", DAEMON_USER).replace("%ucloud-jobs", f"%{JOB_GROUP}")
     candidate = SUDOERS.with_name(SUDOERS.name + ".new")
     candidate.write_text(rule)
@@ -133,7 +132,7 @@ async def core(aiohttp_server: Any, keys: DevCoreKeys) -> AsyncIterator[tuple[De
 @pytest.fixture
 def home(accounts: Accounts) -> Iterator[Path]:
     """The daemon's files, owned by its user, under a path every user may traverse (pytest's is 0700)."""
-    path = Path(f"/tmp/ucloud-owner-test-{uuid.uuid4().hex[:8]}")
+    path = SHARED_TMP / f"ucloud-owner-test-{uuid.uuid4().hex[:8]}"
     path.mkdir(mode=0o755)
     entry = pwd.getpwnam(accounts.daemon)
     os.chown(path, entry.pw_uid, entry.pw_gid)

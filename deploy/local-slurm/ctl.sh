@@ -2,6 +2,7 @@
 # Stop or (re)start one daemon of the local cluster, e.g. to inject faults:
 #
 #   ctl.sh slurmctld|slurmdbd|slurmd|mariadbd|munged ACTION
+#   ctl.sh user NAME...   (the tests' way to give a cluster this host's users: here they are the same host's)
 #
 # ACTION: stop | start | restart | status | freeze | thaw
 # start waits until the daemon really serves again: slurmctld -> scontrol
@@ -17,6 +18,11 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/common.sh"
 
 usage() { die "usage: ctl.sh slurmctld|slurmdbd|slurmd|mariadbd|munged stop|start|restart|status|freeze|thaw"; }
+if [[ ${1:-} == user ]]; then
+    shift
+    for name in "$@"; do id "$name" >/dev/null || die "no user $name"; done
+    exit 0
+fi
 (($# == 2)) || usage
 daemon=$1
 action=$2
