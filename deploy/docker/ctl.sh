@@ -6,7 +6,7 @@
 #
 # As deploy/local-slurm/ctl.sh for the single-host cluster: freeze stops the daemon without closing its
 # port (docker pause), start returns once the daemon serves again (healthy, and for slurmctld the nodes
-# idle as the login node sees them). "slurmd" means both nodes. Never cancels a job.
+# usable as the login node sees them). "slurmd" means both nodes. Never cancels a job.
 set -euo pipefail
 LOG_TAG=ctl
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,13 +23,18 @@ healthy() {
         [[ $(docker inspect -f '{{.State.Health.Status}}' "$(compose ps -q "$service")") == healthy ]] || return 1
     done
 }
-nodes_idle() { [[ $(sinfo -h -N -o '%t' | sort -u | xargs) == idle ]]; }
+# Every node usable again (idle, or running jobs that outlived the restart), as common.sh's nodes_ok.
+nodes_usable() {
+    local states
+    states=$(sinfo -h -N -o '%t' | sort -u) && [[ -n $states ]] || return 1
+    ! grep -qvxE 'idle|mix|alloc|comp' <<<"$states"
+}
 
 start() {
     compose start "$@" >/dev/null
     wait_until 120 "$* healthy" healthy "$@" || die "$* did not become healthy"
     if [[ " $* " == *" slurmctld "* ]]; then
-        wait_until 120 "the nodes idle" nodes_idle || log "WARNING: nodes not idle: $(sinfo -h -N -o '%N %t' | xargs)"
+        wait_until 120 "the nodes usable" nodes_usable || log "WARNING: nodes not usable: $(sinfo -h -N -o '%N %t' | xargs)"
     fi
 }
 
