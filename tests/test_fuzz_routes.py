@@ -193,8 +193,10 @@ hostile_headers = st.fixed_dictionaries(
 
 
 def job_names_since(slurm: LocalSlurm, start: str) -> set[str]:
-    out = slurm.run("sacct", "-a", "-X", "-n", "-P", "-S", start, "-o", "JobName", check=False).stdout
-    return {line.strip() for line in out.splitlines() if line.strip()}
+    """Names of the jobs submitted since ``start`` (sacct -S also lists older jobs still running then)."""
+    out = slurm.run("sacct", "-a", "-X", "-n", "-P", "-S", start, "-o", "JobName,Submit", check=False).stdout
+    rows = [line.strip().split("|") for line in out.splitlines() if line.strip()]
+    return {name for name, submitted in rows if submitted >= start}
 
 
 def test_every_route_survives_hostile_bodies_and_headers(

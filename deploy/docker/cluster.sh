@@ -6,6 +6,7 @@
 #   cluster.sh down    remove the cluster and its volumes, stop the login node's munged, and stop the
 #                      dockerd that "up" started (by its pid; an engine that was already running stays)
 #   cluster.sh env     the settings a shell or the tests need (source it: eval "$(cluster.sh env)")
+#   cluster.sh engine  only the engine (bare-debian.sh uses it)
 #
 # Settings (environment, with defaults): UCLOUD_COMPOSE_DIR (/tmp/ucloud-compose: cluster/ is the
 # configuration and munge key, shared/ the job folders the nodes see at the same path, login/ this
@@ -174,5 +175,6 @@ case ${1:-} in
     up) cmd_up ;;
     down) cmd_down ;;
     env) cmd_env ;;
+    engine) mkdir -p "$ENGINE" && engine_up ;;
     *) sed -n '2,14p' "$0" && [[ ${1:-} =~ ^(-h|--help|)$ ]] ;;
 esac

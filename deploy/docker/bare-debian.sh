@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The README's two commands on a bare minimal Debian, so that they cannot come to need something a
+# fresh machine lacks: for each release given (default: bookworm trixie), a debootstrap minbase image
+# (no Python, no git), this commit's tree in it (as a clone would give it), then
+#   deploy/run-local.sh   until the stand-in Core has received SUCCESS for the demo job, and
+#   deploy/test.sh ARGS   (UCLOUD_TEST_CLUSTERS=local; default ARGS: the real-Slurm job tests)
+# in a privileged container (the local Slurm, users, sudo and a tmpfs need it). As root.
+#
+#   bare-debian.sh [RELEASE...] [-- PYTEST ARGS...]
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+LOG_TAG=bare
+# shellcheck source=SCRIPTDIR/../local-slurm/common.sh
+source "$ROOT/deploy/local-slurm/common.sh" # log, die
+releases=()
+while (($#)) && [[ $1 != -- ]]; do releases+=("$1") && shift; done
+(($#)) && shift
+((${#releases[@]})) || releases=(bookworm trixie)
+(($#)) || set -- tests/test_jobs_slurm.py tests/test_multinode_slurm.py
+"$HERE/cluster.sh" engine
+# pip in the container goes through this site's HTTPS proxy like the host's: trust what the host trusts.
+CA=/etc/ssl/certs/ca-certificates.crt
+
+for release in "${releases[@]}"; do
+    [[ $release =~ ^[a-z]+$ ]] || die "not a Debian release name: $release"
+    image=ucloud-bare:$release
+    if ! docker image inspect "$image" >/dev/null 2>&1; then
+        root=$(mktemp -d)
+        log "$release: debootstrap"
+        debootstrap --variant=minbase "$release" "$root" http://deb.debian.org/debian >/dev/null 2>&1 ||
+            die "debootstrap $release failed"
+        tar -C "$root" -c . | docker import - "$image" >/dev/null
+        rm -rf "$root"
+    fi
+    t=$SECONDS
+    log "$release: run-local.sh, then test.sh $*"
+    git -C "$ROOT" archive --format=tar HEAD |
+        docker run --rm -i --privileged --name "ucloud-bare-$release" -v "$CA:/host-ca.crt:ro" -e PIP_CERT=/host-ca.crt \
+            "$image" bash -c '
+                set -euo pipefail
+                mkdir -p /root/ucloud-slurm-provider && cd /root/ucloud-slurm-provider && tar -x
+                deploy/run-local.sh >/tmp/run-local.log 2>&1 &
+                demo=$!
+                for _ in $(seq 1 600); do grep -q "^   SUCCESS - " /tmp/run-local.log && break; sleep 1; done
+                grep -q "^   SUCCESS - " /tmp/run-local.log || { tail -40 /tmp/run-local.log; exit 1; }
+                echo "run-local.sh: Core received SUCCESS"
+                kill "$demo" # its daemon and dev-core may stay: the test cluster has ports of its own
+                UCLOUD_TEST_CLUSTERS=local deploy/test.sh -q -p no:cacheprovider "$@"' bare "$@" ||
+        die "$release: the README commands failed on a bare Debian"
+    log "$release: both README commands passed in $((SECONDS - t)) s"
+done
