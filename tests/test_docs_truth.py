@@ -15,7 +15,7 @@ from provider.metrics import Metrics, Snapshot, UsageSnapshot
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = (ROOT / "docs" / "admin.md").read_text() + (ROOT / "README.md").read_text()
 SOURCE = "\n".join(path.read_text() for path in sorted((ROOT / "provider").rglob("*.py")))
-NOT_EVENTS = {"native.logs"}  # a field of Core's JobSupport, not a log event
+NOT_EVENTS = {"native.logs", "docker.io"}  # a field of Core's JobSupport and a Debian package, not log events
 FILE_SUFFIXES = {"toml", "sh", "txt", "md", "py", "env", "service", "conf", "json", "yaml", "sqlite3", "jsonl"}
 
 
