@@ -4,12 +4,14 @@
 #      against the single-host cluster the test session starts itself (/tmp/ucloud-slurm-test, ports 69xx);
 #   2. the Slurm tests again (pytest -m slurm) against the compose cluster of deploy/docker, which
 #      deploy/docker/cluster.sh builds and starts from nothing (engine, compose, base image, images)
-#      with this machine as its login node, and removes afterwards, also when tests fail.
-# Arguments go to pytest in both, e.g.  deploy/test.sh -k terminate
-# UCLOUD_TEST_CLUSTERS="local" (or "compose") runs one half only.
+#      with this machine as its login node, and removes afterwards, also when tests fail;
+#   3. the README's two commands from a bare minimal Debian 12 and 13 (deploy/docker/bare-debian.sh),
+#      so that neither can come to need something a fresh machine lacks.
+# Arguments go to pytest in the first two, e.g.  deploy/test.sh -k terminate
+# UCLOUD_TEST_PARTS="local" (or any of "local compose bare") runs only those parts.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CLUSTERS=${UCLOUD_TEST_CLUSTERS:-local compose}
+PARTS=${UCLOUD_TEST_PARTS:-local compose bare}
 "$ROOT/deploy/local-slurm/install-packages.sh"
 # Tools some tests use: sudo (jobs submitted as their owner), shellcheck (the deploy scripts).
 missing=()
@@ -25,11 +27,11 @@ cd "$ROOT"
 "$ROOT/.venv/bin/mypy"
 
 failed=0
-if [[ " $CLUSTERS " == *" local "* ]]; then
+if [[ " $PARTS " == *" local "* ]]; then
     echo "== the single-host cluster: every test"
     "$ROOT/.venv/bin/python" -m pytest "$@" || failed=1
 fi
-if [[ " $CLUSTERS " == *" compose "* ]]; then
+if [[ " $PARTS " == *" compose "* ]]; then
     echo "== the compose cluster: the Slurm tests (pytest -m slurm), this machine as login node"
     export UCLOUD_COMPOSE_MIN_JOB_AGE=30 # as the single-host test cluster: tests wait for purges
     trap '"$ROOT/deploy/docker/cluster.sh" down' EXIT
@@ -39,5 +41,11 @@ if [[ " $CLUSTERS " == *" compose "* ]]; then
         PROVIDER_TEST_SHARED_DIR=$UCLOUD_COMPOSE_DIR/shared \
         "$ROOT/.venv/bin/python" -m pytest -m slurm -p no:cacheprovider \
         --basetemp="$UCLOUD_COMPOSE_DIR/shared/pytest" "$@" || failed=1
+    "$ROOT/deploy/docker/cluster.sh" down
+    trap - EXIT
+fi
+if [[ " $PARTS " == *" bare "* ]]; then
+    echo "== the README's two commands on a bare Debian 12 and 13"
+    "$ROOT/deploy/docker/bare-debian.sh" bookworm trixie || failed=1
 fi
 exit "$failed"

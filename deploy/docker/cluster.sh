@@ -2,11 +2,13 @@
 # Build and run the compose cluster from nothing, as root on Debian 12 or 13, and make this host its
 # login node: Slurm's commands here use the cluster through its published loopback ports.
 #
-#   cluster.sh up      engine, compose, base image, wheels, images, cluster, login node (each only if missing)
-#   cluster.sh down    remove the cluster and its volumes, stop the login node's munged, and stop the
-#                      dockerd that "up" started (by its pid; an engine that was already running stays)
-#   cluster.sh env     the settings a shell or the tests need (source it: eval "$(cluster.sh env)")
-#   cluster.sh engine  only the engine (bare-debian.sh uses it)
+#   cluster.sh up           engine, compose, base image, wheels, images, cluster, login node (each
+#                           only if missing)
+#   cluster.sh down         remove the cluster and its volumes, stop the login node's munged, and stop
+#                           the dockerd that "up" started (by its pid; an engine already running stays)
+#   cluster.sh env          the settings a shell or the tests need (eval "$(cluster.sh env)")
+#   cluster.sh engine       only the engine (bare-debian.sh uses it)
+#   cluster.sh engine-down  stop the dockerd that "engine" started, if it did
 #
 # Settings (environment, with defaults): UCLOUD_COMPOSE_DIR (/tmp/ucloud-compose: cluster/ is the
 # configuration and munge key, shared/ the job folders the nodes see at the same path, login/ this
@@ -154,16 +156,20 @@ cmd_down() {
         compose down -v --remove-orphans --timeout 30 >/dev/null 2>&1 || log "WARNING: compose down failed"
     fi
     login stop_daemons munged || true
-    if [[ -f $ENGINE/ours ]]; then
-        local pid
-        pid=$(cat "$ENGINE/dockerd.pid" 2>/dev/null || true)
-        if [[ $pid =~ ^[0-9]+$ ]] && kill "$pid" 2>/dev/null; then
-            log "stopping the dockerd we started ($pid)"
-            wait_until 30 "dockerd to exit" bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
-        fi
-        rm -f "$ENGINE/ours"
-    fi
+    engine_down
     log "down"
+}
+
+# Stop the dockerd that engine_up started (by its pid); an engine that was already running stays.
+engine_down() {
+    [[ -f $ENGINE/ours ]] || return 0
+    local pid
+    pid=$(cat "$ENGINE/dockerd.pid" 2>/dev/null || true)
+    if [[ $pid =~ ^[0-9]+$ ]] && kill "$pid" 2>/dev/null; then
+        log "stopping the dockerd we started ($pid)"
+        wait_until 30 "dockerd to exit" bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$ENGINE/ours"
 }
 
 cmd_env() {
@@ -176,5 +182,6 @@ case ${1:-} in
     down) cmd_down ;;
     env) cmd_env ;;
     engine) mkdir -p "$ENGINE" && engine_up ;;
-    *) sed -n '2,14p' "$0" && [[ ${1:-} =~ ^(-h|--help|)$ ]] ;;
+    engine-down) engine_down ;;
+    *) sed -n '2,17p' "$0" && [[ ${1:-} =~ ^(-h|--help|)$ ]] ;;
 esac
