@@ -41,6 +41,8 @@ for release in "${releases[@]}"; do
     [[ $release =~ ^[a-z]+$ ]] || die "not a Debian release name: $release"
     image=ucloud-bare:$release
     if ! docker image inspect "$image" >/dev/null 2>&1; then
+        command -v debootstrap >/dev/null ||
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
         root=$(mktemp -d)
         log "$release: debootstrap"
         debootstrap --variant=minbase "$release" "$root" http://deb.debian.org/debian >/dev/null 2>&1 ||
