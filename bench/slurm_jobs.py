@@ -63,6 +63,7 @@ def ensure_jobs(count: int, log: callable = print) -> BenchJobs:  # type: ignore
         started = time.monotonic()
         log(f"submitting {len(missing_finished)} jobs that finish at once ...")
         jobs.finished.update(_submit(missing_finished, []))
+        _save(manifest, jobs)  # a later failure (MaxJobCount) must not lose what is in Slurm already
         while _in_squeue() & set(jobs.finished.values()):  # MinJobAge: then only sacct lists them
             time.sleep(5)
         log(f"  done in {time.monotonic() - started:.0f} s")
@@ -72,8 +73,12 @@ def ensure_jobs(count: int, log: callable = print) -> BenchJobs:  # type: ignore
         log(f"submitting {len(missing_held)} held jobs ...")
         jobs.held.update(_submit(missing_held, ["--hold"]))
         log(f"  done in {time.monotonic() - started:.0f} s")
-    manifest.write_text(json.dumps({"finished": jobs.finished, "held": jobs.held}))
+    _save(manifest, jobs)
     return jobs
+
+
+def _save(manifest: Path, jobs: BenchJobs) -> None:
+    manifest.write_text(json.dumps({"finished": jobs.finished, "held": jobs.held}))
 
 
 def cancel_held(jobs: BenchJobs) -> None:

@@ -38,7 +38,7 @@ from provider.submission import (
     plan_extension,
     plan_submission,
 )
-from provider.sync import Belief, Synchronizer, now_ms
+from provider.sync import AS_LAST_TOLD, Synchronizer, now_ms
 from provider.ucloud.models import ExtendRequest, Job, JobUpdate
 
 log = structlog.get_logger(__name__)
@@ -205,7 +205,7 @@ class JobService:
             self._on_unsettled()
             raise RequestRefused(STORE_FAILED if isinstance(exc, sqlite3.Error) else str(exc)) from None
         self._on_queued()
-        self._sync.request_later({job.id: Belief()}, AFTER_SUBMIT_DELAY)
+        self._sync.request_later({job.id: AS_LAST_TOLD}, AFTER_SUBMIT_DELAY)
         log.info("job.submitted", ucloud_id=job.id, slurm_id=slurm_id, user=user or "(service)")
         return self._provider_generated_id(slurm_id, now)
 
@@ -276,7 +276,7 @@ class JobService:
             except (SlurmCommandFailed, CommandTimeout, OSError) as exc:
                 raise SlurmUnavailable(f"Slurm did not cancel the job: {exc}") from None
             log.info("job.cancelled", ucloud_ids=[j.ucloud_id for j in group], slurm_ids=[j.slurm_id for j in group])
-        self._sync.request_later({job.ucloud_id: Belief() for job in active}, AFTER_CANCEL_DELAY)
+        self._sync.request_later(dict.fromkeys((job.ucloud_id for job in active), AS_LAST_TOLD), AFTER_CANCEL_DELAY)
 
     # -- extend ------------------------------------------------------------------------------------
 

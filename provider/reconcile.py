@@ -8,6 +8,7 @@ decisions and queues the updates.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, replace
 
 from provider.slurm.types import FINISHED_BASE_STATES, QueryResult, SlurmJob
@@ -159,19 +160,15 @@ def decide_tracked(
     if observation.seen is Seen.MISSING:
         misses = job.miss_count + 1
         first = job.first_missed_at if job.first_missed_at is not None else now
-        missing = replace(job, miss_count=misses, first_missed_at=first)
+        missing = _missed(job, misses, first)
         gone = (
             misses >= rules.checks
             and now - first >= rules.window_ms
             and now - job.submitted_at >= rules.min_age_ms
         )
         if not gone:
-            return Decision(
-                job.ucloud_id,
-                f"missing from Slurm ({observation.detail}); check {misses} of {rules.checks}, waiting to confirm",
-                tracked=missing,
-                recheck=True,
-            )
+            reason = _waiting_to_confirm(observation.detail, misses, rules.checks)
+            return Decision(job.ucloud_id, reason, tracked=missing, recheck=True)
         final = replace(missing, state=JobState.FAILURE, status=NO_LONGER_AVAILABLE, slurm_state=None)
         return Decision(
             job.ucloud_id,
@@ -184,39 +181,54 @@ def decide_tracked(
     mapped = table.map(observation.job)
     raw = observation.job.state.raw
     # Most jobs of most passes are as they were: keep the same row (no copy, nothing to write).
-    seen = job if job.slurm_state == raw and job.miss_count == 0 and job.first_missed_at is None else _seen(job, raw)
-    source = f"{observation.source} says {raw or '(empty)'}"
+    as_before = job.slurm_state == raw and job.miss_count == 0 and job.first_missed_at is None
+    reason = _found_reason(observation.source, raw, core_state, mapped.state, mapped.mapped)
     if mapped.state is None:
-        if not mapped.mapped:
-            reason = f"{source}: unmapped Slurm state, keeping the current state"
-            return Decision(job.ucloud_id, reason, tracked=seen, unmapped_state=raw, changed=seen is not job)
-        return Decision(job.ucloud_id, f"{source}: not decided yet", tracked=seen, changed=seen is not job)
-    tracked = seen if seen.state == mapped.state and seen.status == mapped.status else _decided(seen, mapped.state, mapped.status)
+        seen = job if as_before else _listed(job, job.state, job.status, raw)
+        unmapped = None if mapped.mapped else raw
+        return Decision(job.ucloud_id, reason, tracked=seen, unmapped_state=unmapped, changed=seen is not job)
+    if as_before and job.state == mapped.state and job.status == mapped.status:
+        tracked = job
+    else:
+        tracked = _listed(job, mapped.state, mapped.status, raw)
     if mapped.state == core_state:
-        return Decision(job.ucloud_id, f"{source}: Core already has {core_state.value}", tracked=tracked, changed=tracked is not job)
-    return Decision(
-        job.ucloud_id,
-        f"{source}: {core_state.value} -> {mapped.state.value}",
-        update=_update(mapped.state, mapped.status, core_state, now),
-        tracked=tracked,
-        changed=tracked is not job,
-    )
+        return Decision(job.ucloud_id, reason, tracked=tracked, changed=tracked is not job)
+    update = _update(mapped.state, mapped.status, core_state, now)
+    return Decision(job.ucloud_id, reason, update=update, tracked=tracked, changed=tracked is not job)
 
 
-def _seen(job: TrackedJob, slurm_state: str) -> TrackedJob:
-    """The row of a job Slurm listed (any run of misses is over). Built directly: dataclasses.replace
-    is several times slower, and a pass builds one per changed job."""
+@functools.lru_cache(maxsize=256)
+def _found_reason(source: str, raw: str, core_state: JobState, mapped: JobState | None, known: bool) -> str:
+    """Why a job Slurm listed was decided so. Thousands of jobs a pass share a handful of these."""
+    said = f"{source} says {raw or '(empty)'}"
+    if mapped is None:
+        return f"{said}: not decided yet" if known else f"{said}: unmapped Slurm state, keeping the current state"
+    if mapped == core_state:
+        return f"{said}: Core already has {core_state.value}"
+    return f"{said}: {core_state.value} -> {mapped.value}"
+
+
+def _listed(job: TrackedJob, state: JobState, status: str | None, slurm_state: str) -> TrackedJob:
+    """The row of a job Slurm listed (any run of misses is over), in its decided state. Built directly:
+    dataclasses.replace is several times slower, and a first pass builds one per job."""
     return TrackedJob(
-        job.ucloud_id, job.slurm_id, job.cluster, job.expected_name, job.submitted_at, job.state, job.status,
+        job.ucloud_id, job.slurm_id, job.cluster, job.expected_name, job.submitted_at, state, status,
         slurm_state, 0, None, job.unix_user,
     )
 
 
-def _decided(job: TrackedJob, state: JobState, status: str) -> TrackedJob:
+def _missed(job: TrackedJob, misses: int, first_missed_at: int) -> TrackedJob:
     return TrackedJob(
-        job.ucloud_id, job.slurm_id, job.cluster, job.expected_name, job.submitted_at, state, status,
-        job.slurm_state, job.miss_count, job.first_missed_at, job.unix_user,
+        job.ucloud_id, job.slurm_id, job.cluster, job.expected_name, job.submitted_at, job.state, job.status,
+        job.slurm_state, misses, first_missed_at, job.unix_user,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _waiting_to_confirm(detail: str, misses: int, checks: int) -> str:
+    """One string for all the jobs of a pass that miss alike: after an outage that is every job, and a
+    pass over 100,000 of them would otherwise hold 100,000 equal sentences."""
+    return f"missing from Slurm ({detail}); check {misses} of {checks}, waiting to confirm"
 
 
 def decide_untracked(ucloud_id: str, created_at: int, believed: JobState, grace_ms: int, now: int) -> Decision:

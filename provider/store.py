@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -313,6 +314,10 @@ class Store:
             rows.row_factory = None
             return [_job_from_tuple(row) for row in rows]
 
+    def has_active(self) -> bool:
+        """Whether any job is active (an index lookup): a monitor pass with none asks Slurm nothing."""
+        return bool(self._query("SELECT 1 FROM jobs WHERE state NOT IN (?, ?, ?) LIMIT 1", _FINAL))
+
     def all_jobs(self) -> list[TrackedJob]:
         return [_job(r) for r in self._query("SELECT * FROM jobs ORDER BY tracked_at")]
 
@@ -322,23 +327,23 @@ class Store:
         Only rows a decision changed are written (most jobs of most passes are as they were), and an
         update identical in state and status to one still waiting for Core is not queued twice.
         """
-        rows = []
+        changed: list[TrackedJob] = []
         updates: list[tuple[str, JobUpdate]] = []
         for decision in decisions:
-            job = decision.tracked
-            if job is not None and decision.changed:
-                rows.append(
-                    (job.state.value, job.status, job.slurm_state, job.miss_count, job.first_missed_at, now, job.ucloud_id)
-                )
+            if decision.tracked is not None and decision.changed:
+                changed.append(decision.tracked)
             if decision.update is not None:
                 updates.append((decision.ucloud_id, decision.update))
-        if not rows and not updates:
+        if not changed and not updates:
             return 0
         with self._transaction() as db:
-            db.executemany(
+            db.executemany(  # rows made as SQLite takes them, not held all at once
                 "UPDATE jobs SET state = ?, status = ?, slurm_state = ?, miss_count = ?,"
                 " first_missed_at = ?, updated_at = ? WHERE ucloud_id = ?",
-                rows,
+                (
+                    (job.state.value, job.status, job.slurm_state, job.miss_count, job.first_missed_at, now, job.ucloud_id)
+                    for job in changed
+                ),
             )
             waiting = self._waiting_updates(db, [ucloud_id for ucloud_id, _ in updates])
             fresh = [
@@ -700,8 +705,13 @@ _JOB_STATES = {state.value: state for state in JobState}
 
 
 def _job_from_tuple(row: tuple[Any, ...]) -> TrackedJob:
+    """A row as read by a pass, sharing what rows repeat: the Slurm job's name is its UCloud id (one
+    string, not two), and the Slurm states and statuses of 100,000 jobs are a handful of texts."""
+    ucloud_id, name, status, slurm_state = row[0], row[3], row[6], row[7]
     return TrackedJob(
-        row[0], row[1], row[2], row[3], row[4], _JOB_STATES[row[5]], row[6], row[7], row[8], row[9], row[10]
+        ucloud_id, row[1], row[2], ucloud_id if name == ucloud_id else name, row[4], _JOB_STATES[row[5]],
+        None if status is None else sys.intern(status), None if slurm_state is None else sys.intern(slurm_state),
+        row[8], row[9], row[10],
     )
 
 

@@ -192,6 +192,9 @@ class QueryResult:
     def of(cls, jobs: list[SlurmJob]) -> QueryResult:
         index: dict[str, SlurmJob] = {}
         for job in jobs:
+            if job.array_task_id is None:  # most jobs: one key, no tuple built
+                index.setdefault(job.job_id, job)
+                continue
             for key in job.keys:
                 index.setdefault(key, job)
         return cls(ok=True, jobs=index)
