@@ -89,6 +89,9 @@ def test_brackets_and_commas_inside_strings_do_not_count() -> None:
         (b'{"items":[1e999]}', "not finite"),
         (b'{"createdAt":9223372036854775808}', "64 bits"),
         (b'{"createdAt":-9223372036854775809}', "64 bits"),
+        (b'{"createdAt":18446744073709551615}', "64 bits"),  # fits orjson's unsigned 64 bits, not Go's int64
+        (b'{"createdAt":123456789012345678901234567890}', "64 bits"),  # orjson would make it a float
+        (b'{"createdAt":-123456789012345678901234567890}', "64 bits"),
         (b'{"items":[' + b"9" * 5000 + b"]}", "not JSON"),
         (b"{not json", "not JSON"),
     ],
@@ -101,6 +104,17 @@ def test_where_names_the_field_and_escapes_a_hostile_key() -> None:
     assert "the field project contains a NUL" in refusal(b'{"owner":{"project":"a\\u0000b"}}')
     why = refusal(b'{"' + b"x\\u0007" * 30 + b'":"\\ud800"}')
     assert "\x07" not in why and "\\x07" in why
+
+
+@pytest.mark.parametrize("extra", ["", "1234567890123456789012"], ids=["orjson", "a long digit run: json"])
+def test_both_parsers_give_core_bodies_exactly(extra: str) -> None:
+    """Whichever parser reads it (orjson, or the standard library for a 19-digit run), a bulk of Go
+    Core's whole Jobs comes out equal, number types included, to what the standard library makes."""
+    body = json.dumps({"items": [job_body(f"5411{i}", "RUNNING") for i in range(20)], "note": extra}).encode()
+    data = parse_json_body(body, LIMITS)
+    expected = json.loads(body)
+    assert data == expected
+    assert repr(data) == repr(expected)  # 1 and 1.0 compare equal; their reprs do not
 
 
 def test_valid_unicode_and_pairs_pass() -> None:
