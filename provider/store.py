@@ -314,9 +314,18 @@ class Store:
             rows.row_factory = None
             return [_job_from_tuple(row) for row in rows]
 
-    def has_active(self) -> bool:
-        """Whether any job is active (an index lookup): a monitor pass with none asks Slurm nothing."""
-        return bool(self._query("SELECT 1 FROM jobs WHERE state NOT IN (?, ?, ?) LIMIT 1", _FINAL))
+    def has_active(self, ucloud_ids: Iterable[str] | None = None) -> bool:
+        """Whether any job (of ``ucloud_ids``, if given) is active; it stops at the first. A pass with
+        none asks Slurm nothing."""
+        if ucloud_ids is None:
+            return bool(self._query("SELECT 1 FROM jobs WHERE state NOT IN (?, ?, ?) LIMIT 1", _FINAL))
+        ids = json.dumps(list(ucloud_ids))
+        return bool(
+            self._query(
+                "SELECT 1 FROM jobs WHERE ucloud_id IN (SELECT value FROM json_each(?)) AND state NOT IN (?, ?, ?) LIMIT 1",
+                (ids, *_FINAL),
+            )
+        )
 
     def all_jobs(self) -> list[TrackedJob]:
         return [_job(r) for r in self._query("SELECT * FROM jobs ORDER BY tracked_at")]

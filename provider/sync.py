@@ -302,13 +302,13 @@ class Synchronizer:
 
     async def plan(self, pending: Mapping[str, Belief], include_active: bool = False) -> PassReport:
         """Decide what every requested job needs, asking Slurm once; store and send nothing."""
-        # The monitor's squeue runs while the job map is read (its own process on another core); a
-        # pass with nothing active asks Slurm nothing, so it starts only if some job is active.
-        asking_live = (
-            asyncio.ensure_future(self.backend.live_jobs())
-            if include_active and await asyncio.to_thread(self.store.has_active)
-            else None
-        )
+        # squeue runs while the job map is read (its own process, on another core). A pass with no
+        # active job to look up asks Slurm nothing, so it starts only once one is known to exist.
+        asking_live = None
+        if include_active or pending:
+            among = None if include_active else list(pending)
+            if await asyncio.to_thread(self.store.has_active, among):
+                asking_live = asyncio.ensure_future(self.backend.live_jobs())
         try:
             return await self._plan(pending, include_active, asking_live)
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -70,11 +71,28 @@ def test_decision_and_update_are_stored_together_and_survive_reopening(tmp_path:
 def test_final_jobs_leave_the_active_set(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite3")
     tracked(store)
-    from dataclasses import replace
-
     job = store.get(["1"])["1"]
     store.apply([Decision("1", "done", tracked=replace(job, state=JobState.SUCCESS))], NOW)
     assert store.active() == [] and store.all_jobs()[0].state is JobState.SUCCESS
+
+
+def test_has_active_says_whether_a_pass_must_ask_slurm(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    assert not store.has_active() and not store.has_active(["1"])
+    tracked(store, "1", "41")
+    tracked(store, "2", "42")
+    job = store.get(["2"])["2"]
+    store.apply([Decision("2", "done", tracked=replace(job, state=JobState.FAILURE), changed=True)], NOW)
+    assert store.has_active() and store.has_active(["2", "1"])
+    assert not store.has_active(["2", "never-tracked"]) and not store.has_active([])
+
+
+def test_rows_read_share_the_name_when_it_is_the_ucloud_id(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    tracked(store, "7", "47")
+    store.track(ucloud_id="8", slurm_id="48", cluster="c", expected_name="other", submitted_at=NOW, now=NOW)
+    jobs = {job.ucloud_id: job for job in store.active()}
+    assert jobs["7"].expected_name == "7" and jobs["8"].expected_name == "other"
 
 
 def test_untrack_forgets_the_job_and_its_queued_updates(tmp_path: Path) -> None:
