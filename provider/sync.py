@@ -304,6 +304,9 @@ class Synchronizer:
         """Decide what every requested job needs, asking Slurm once; store and send nothing."""
         # squeue runs while the job map is read (its own process, on another core). A pass with no
         # active job to look up asks Slurm nothing, so it starts only once one is known to exist.
+        # squeue's answer may so be a moment older than the map: a job submitted in that moment is
+        # not listed and counts one miss, which the debounce (and missing_min_age) never let become
+        # a verdict; the next pass lists it.
         asking_live = None
         if include_active or pending:
             among = None if include_active else list(pending)
