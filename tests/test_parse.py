@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from provider.slurm.commands import sacct_argv, squeue_argv
-from provider.slurm.parse import SACCT_FIELDS, SQUEUE_FIELDS, ParseError, parse_sacct, parse_squeue
+from provider.slurm.parse import SACCT_FIELDS, SQUEUE_FIELDS, ParseError, index_squeue, parse_sacct, parse_squeue
 from provider.slurm.process import CommandResult
 from provider.slurm.types import QueryResult
 from provider.states import StateTable
@@ -95,6 +95,29 @@ def test_array_tasks_answer_to_raw_and_display_ids(version: str, command: str) -
     tasks = [jobs.jobs[f"{array_id}_{task}"] for task in range(3)]
     assert len({t.job_id for t in tasks}) == 3  # three distinct raw ids
     assert all(jobs.jobs[t.job_id] is t for t in tasks)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_squeue_index_answers_as_the_parsed_list(version: str) -> None:
+    """The daemon's squeue answer (rows made jobs only when looked up) holds exactly the jobs, under
+    exactly the ids, that parsing every row gives; an array task is one object under both its ids."""
+    text = read(version, "squeue-us")
+    index, parsed = index_squeue(text), QueryResult.of(parse_squeue(text)).jobs
+    assert len(index) == len(parsed) and set(index) == set(parsed)
+    assert all(index[key] == job for key, job in parsed.items())
+    assert index.get("999999999") is None and "999999999" not in index
+    array_id = situations(version)["array_finished"]
+    task = index[f"{array_id}_0"]
+    assert index[task.job_id] is task
+
+
+def test_a_bad_squeue_row_fails_the_index_at_once() -> None:
+    good = "7\x1f7\x1fN/A\x1fPENDING\x1fNone\x1f0\x1fname\n"
+    assert len(index_squeue(good)) == 1
+    with pytest.raises(ParseError):
+        index_squeue(good + "abc\x1fabc\x1fN/A\x1fRUNNING\x1fNone\x1f0\x1fname\n")
+    with pytest.raises(ParseError):
+        index_squeue(good + "8\x1f8\x1fRUNNING\n")
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -15,9 +15,9 @@ from provider.slurm.parse import (
     SQUEUE_FIELDS,
     UNIT_SEPARATOR,
     ParseError,
+    index_squeue,
     parse_sacct,
     parse_sacct_usage,
-    parse_squeue,
 )
 from provider.slurm.process import CommandTimeout, SlurmTools
 from provider.slurm.types import QueryResult, SlurmJob, is_valid_slurm_id
@@ -44,7 +44,7 @@ def id_chunks(ids: Sequence[str], limit: int = SACCT_ID_CHARS_PER_CALL) -> list[
         chunks.append(current)
     return chunks
 
-Row = TypeVar("Row")
+Parsed = TypeVar("Parsed")  # what a parser makes of a command's output
 
 
 def squeue_args() -> list[str]:
@@ -104,15 +104,15 @@ class CommandBackend(QueryBook):
         self.accounting_disabled = False
 
     async def _query(
-        self, command: str, args: list[str], parse: Callable[[str], list[Row]], *, tool: str = ""
-    ) -> list[Row] | str:
+        self, command: str, args: list[str], parse: Callable[[str], Parsed], *, tool: str = ""
+    ) -> Parsed | str:
         """The rows the command listed, or a sentence saying why its answer means nothing. ``command`` names
         the query in the counters; ``tool`` is the Slurm program that runs it (``command`` if empty)."""
         return await self.counted(command, lambda: self._run_and_parse(command, tool or command, args, parse))
 
     async def _run_and_parse(
-        self, command: str, tool: str, args: list[str], parse: Callable[[str], list[Row]]
-    ) -> list[Row] | str:
+        self, command: str, tool: str, args: list[str], parse: Callable[[str], Parsed]
+    ) -> Parsed | str:
         try:
             result = await self._tools.run(tool, args)
         except CommandTimeout as exc:
@@ -127,7 +127,7 @@ class CommandBackend(QueryBook):
             if not self.accounting_disabled:
                 log.warning("slurm.accounting_disabled", detail=result.stderr.strip())
             self.accounting_disabled = True
-            return []
+            return parse("")  # the empty answer, in the parser's own shape
         if not result.ok:
             log.warning("slurm.query_failed", command=command, error=result.describe())
             return result.describe()
@@ -138,8 +138,8 @@ class CommandBackend(QueryBook):
             return f"{command} output could not be parsed: {exc}"
 
     async def live_jobs(self) -> QueryResult:
-        jobs = await self._query("squeue", squeue_args(), parse_squeue)
-        return QueryResult.failed(jobs) if isinstance(jobs, str) else QueryResult.of(jobs)
+        jobs = await self._query("squeue", squeue_args(), index_squeue)
+        return QueryResult.failed(jobs) if isinstance(jobs, str) else QueryResult(ok=True, jobs=jobs)
 
     async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
         ids = sorted({i for i in slurm_ids if is_valid_slurm_id(i)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # A Slurm job id as the daemon stores it: a raw numeric id, or an array task `<array id>_<task>`.
@@ -181,7 +182,7 @@ class QueryResult:
     """
 
     ok: bool
-    jobs: dict[str, SlurmJob] = field(default_factory=dict)
+    jobs: Mapping[str, SlurmJob] = field(default_factory=dict)
     error: str = ""
 
     @classmethod
