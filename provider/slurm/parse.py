@@ -134,7 +134,14 @@ class SqueueIndex(Mapping[str, SlurmJob]):
         return job
 
     def get(self, key: str, default: SlurmJob | None = None) -> SlurmJob | None:  # type: ignore[override]
-        return self[key] if key in self._rows else default
+        """As ``__getitem__`` without its KeyError: a pass asks about every job it tracks, found or not."""
+        row = self._rows.get(key)
+        if row is None:
+            return default
+        job = self._made.get(id(row))
+        if job is None:
+            job = self._made[id(row)] = self._make(row)
+        return job
 
     def __contains__(self, key: object) -> bool:
         return key in self._rows
