@@ -74,6 +74,23 @@ async def submit(h: Harness, owner: str, product: str, seconds: int, project: st
     return str(job["id"])
 
 
+def wait_accounted_start(slurm: LocalSlurm, slurm_ids: list[str], timeout: float = 60) -> None:
+    """Until slurmdbd has recorded every job's start with its allocation (sacct shows ElapsedRaw above 0
+    and the nodes): it lags slurmctld by seconds on a busy machine, and a usage pass before that counts
+    a job that squeue already shows running as not started (CI met it: a partial total of 0)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = slurm.run("sacct", "-X", "-n", "-P", "-j", ",".join(slurm_ids), "-o", "JobIDRaw,ElapsedRaw,AllocTRES").stdout
+        started = {
+            row[0] for row in (line.split("|") for line in out.splitlines() if line.count("|") == 2)
+            if row[1].isdigit() and int(row[1]) > 0 and "node=" in row[2]
+        }
+        if started >= set(slurm_ids):
+            return
+        assert time.monotonic() < deadline, f"slurmdbd has not recorded the start of {set(slurm_ids) - started}"
+        time.sleep(0.5)
+
+
 def hand_totals(slurm: LocalSlurm, jobs: dict[str, tuple[str, str]], store_slurm_ids: dict[str, str]) -> dict[tuple[str, str], int]:
     """Per (owner, category): floor(sum of CPUs x ElapsedRaw / 60) core-minutes for "cpu", and
     floor(sum of nodes x ElapsedRaw x 1,500,000 / 60) millionths of a DKK for "cash"."""
@@ -136,9 +153,11 @@ async def test_two_users_and_a_project_are_charged_what_sacct_recorded_and_a_job
     for slurm_id in slurm_ids.values():
         slurm.wait_state(slurm_id, {"RUNNING", "COMPLETED"}, 60)
     await asyncio.sleep(4)
+    wait_accounted_start(slurm, list(slurm_ids.values()))
     await pass_and_send(h)  # every job is running: each is counted up to now
     partial = wallets(core, sorted(set(jobs.values())))
-    assert partial[(PROJECT, "cash")] > 0 and partial[(DONNA, "cash")] > 0
+    seen = slurm.run("sacct", "-X", "-n", "-P", "-j", ",".join(slurm_ids.values()), "-o", "JobIDRaw,JobName,State,ElapsedRaw,AllocTRES").stdout
+    assert partial[(PROJECT, "cash")] > 0 and partial[(DONNA, "cash")] > 0, (partial, seen, h.store.usage_open())
     await wait_final(h, list(jobs))
     await settle_usage(h)
     expected = hand_totals(slurm, jobs, slurm_ids)
@@ -172,6 +191,7 @@ async def test_a_restart_a_core_outage_and_a_slurmdbd_outage_in_the_middle_chang
     for slurm_id in slurm_ids.values():
         slurm.wait_state(slurm_id, {"RUNNING", "COMPLETED"}, 60)
     await asyncio.sleep(5)
+    wait_accounted_start(slurm, list(slurm_ids.values()))
     core.accounting.fail_with = 503  # Core goes down
     meter, sender = h.client.app[USAGE_METER], h.client.app[USAGE_SENDER]
     assert not (await meter.run_pass()).error
