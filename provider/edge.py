@@ -161,12 +161,10 @@ def _depth(structure: bytes) -> int:
 def check_tree(data: Any, limits: RequestLimits, *, search_characters: bool = True) -> None:
     """One breadth-first walk: container sizes, depth, strings, numbers. A level at a time, so depth
     costs no stack and no per-node bookkeeping."""
-    if not isinstance(data, (dict, list)):
-        _check_value(data, "", [], limits, search_characters)
     # A string of at most this many characters cannot exceed max_string_bytes (4 UTF-8 bytes each) and,
     # unless characters are searched, needs no look at all: the common case costs one compare, inline.
     short = -1 if search_characters else limits.max_string_bytes // 4
-    level: list[Any] = [data]
+    level: list[Any] = [data] if isinstance(data, (dict, list)) else [[data]]  # a bare value: as a list's entry
     depth = 0
     while level:
         depth += 1
@@ -192,18 +190,12 @@ def check_tree(data: Any, limits: RequestLimits, *, search_characters: bool = Tr
                 elif kind is dict or kind is list:
                     below.append(value)
                 elif value is not None and kind is not bool:
-                    _check_value(value, key, below, limits, search_characters)
+                    _check_number(value, kind, key)
         level = below
 
 
-def _check_value(value: Any, key: str, below: list[Any], limits: RequestLimits, search_characters: bool) -> None:
-    kind = type(value)
-    if kind is str:
-        if search_characters or len(value) * 4 > limits.max_string_bytes:
-            _check_string(value, key, limits, search_characters)
-    elif kind is dict or kind is list:
-        below.append(value)
-    elif kind is int:
+def _check_number(value: Any, kind: type, key: str) -> None:
+    if kind is int:
         if not INT64_MIN <= value <= INT64_MAX:
             raise Refused(f"the number in {_field(key)} does not fit in 64 bits")
     elif kind is float and value - value != 0:  # inf - inf is nan; NaN itself never parses

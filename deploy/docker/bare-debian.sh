@@ -38,18 +38,8 @@ for bit in "${!CAP_NAMES[@]}"; do
 done
 
 for release in "${releases[@]}"; do
-    [[ $release =~ ^[a-z]+$ ]] || die "not a Debian release name: $release"
     image=ucloud-bare:$release
-    if ! docker image inspect "$image" >/dev/null 2>&1; then
-        command -v debootstrap >/dev/null ||
-            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
-        root=$(mktemp -d)
-        log "$release: debootstrap"
-        debootstrap --variant=minbase "$release" "$root" http://deb.debian.org/debian >/dev/null 2>&1 ||
-            die "debootstrap $release failed"
-        tar -C "$root" -c . | docker import - "$image" >/dev/null
-        rm -rf "$root"
-    fi
+    "$HERE/cluster.sh" image "$release" "$image"
     t=$SECONDS
     log "$release: run-local.sh, then test.sh $*"
     git -C "$ROOT" archive --format=tar HEAD |

@@ -9,6 +9,7 @@
 #   cluster.sh env          the settings a shell or the tests need (eval "$(cluster.sh env)")
 #   cluster.sh engine       only the engine (bare-debian.sh uses it)
 #   cluster.sh engine-down  stop the dockerd that "engine" started, if it did
+#   cluster.sh image RELEASE NAME  a debootstrap minbase of RELEASE as image NAME, if missing
 #
 # Settings (environment, with defaults): UCLOUD_COMPOSE_DIR (/tmp/ucloud-compose: cluster/ is the
 # configuration and munge key, shared/ the job folders the nodes see at the same path, login/ this
@@ -81,23 +82,29 @@ compose_up() {
     log "compose: installed $(docker compose version --short)"
 }
 
-# No registry here: debian:<release>-slim is made with debootstrap and imported, once.
-base_image_up() {
-    local image=debian:$UCLOUD_COMPOSE_DEBIAN-slim suite root
+# No registry here: an image is a debootstrap minbase of a Debian release, imported once.
+image_up() {
+    local suite=$1 image=$2 root
     if docker image inspect "$image" >/dev/null 2>&1; then
-        log "base image: $image present"
+        log "image $image present"
         return
     fi
-    # shellcheck source=/dev/null
-    suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
+    [[ $suite =~ ^[a-z]+$ ]] || die "not a Debian release name: $suite"
     command -v debootstrap >/dev/null || apt_install debootstrap
+    mkdir -p "$ENGINE"
     root=$(mktemp -d)
-    log "base image: debootstrap $suite"
-    debootstrap --variant=minbase "$suite" "$root" http://deb.debian.org/debian >"$ENGINE/debootstrap.log" 2>&1 ||
-        die "debootstrap failed, see $ENGINE/debootstrap.log"
+    log "image $image: debootstrap $suite"
+    debootstrap --variant=minbase "$suite" "$root" http://deb.debian.org/debian >"$ENGINE/debootstrap-$suite.log" 2>&1 ||
+        die "debootstrap failed, see $ENGINE/debootstrap-$suite.log"
     tar -C "$root" -c . | docker import - "$image" >/dev/null
     rm -rf "$root"
-    log "base image: $image imported"
+    log "image $image imported"
+}
+
+# The cluster's base: debian:<release>-slim of this host's own release.
+base_image_up() {
+    # shellcheck source=/dev/null
+    image_up "$(. /etc/os-release && echo "$VERSION_CODENAME")" "debian:$UCLOUD_COMPOSE_DEBIAN-slim"
 }
 
 # The project and its dependencies as wheels for the provider image (pip in a container does not
@@ -183,5 +190,6 @@ case ${1:-} in
     env) cmd_env ;;
     engine) mkdir -p "$ENGINE" && engine_up ;;
     engine-down) engine_down ;;
-    *) sed -n '2,17p' "$0" && [[ ${1:-} =~ ^(-h|--help|)$ ]] ;;
+    image) image_up "$2" "$3" ;;
+    *) sed -n '2,18p' "$0" && [[ ${1:-} =~ ^(-h|--help|)$ ]] ;;
 esac

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from provider.accounting import Allocation, UsageRecord
-from provider.slurm.types import ExitStatus, SlurmJob, parse_state
+from provider.slurm.types import ExitStatus, SlurmJob, job_keys, parse_state
 
 UNIT_SEPARATOR = "\x1f"
 
@@ -106,11 +106,10 @@ def index_squeue(text: str, fields: Sequence[str] = SQUEUE_FIELDS, sep: str = UN
     array_col, task_col = _column(fields, "ArrayJobID"), _column(fields, "ArrayTaskID")
     rows: dict[str, list[str]] = {}
     for row in _squeue_rows(text, fields, sep):
-        rows.setdefault(row[job_col].strip(), row)
-        if task_col is not None and array_col is not None:
-            task = row[task_col].strip()
-            if task.isdigit() and (array := _clean(row[array_col])):  # as SlurmJob.keys
-                rows.setdefault(f"{array}_{task}", row)
+        array = _clean(row[array_col]) if array_col is not None else None
+        task = _clean(row[task_col]) if task_col is not None else None
+        for key in job_keys(row[job_col].strip(), array, task):
+            rows.setdefault(key, row)
     return SqueueIndex(rows, _squeue_job_maker(fields))
 
 
@@ -127,14 +126,13 @@ class SqueueIndex(Mapping[str, SlurmJob]):
         self._make = make
 
     def __getitem__(self, key: str) -> SlurmJob:
-        row = self._rows[key]
-        job = self._made.get(id(row))
+        job = self.get(key)
         if job is None:
-            job = self._made[id(row)] = self._make(row)
+            raise KeyError(key)
         return job
 
     def get(self, key: str, default: SlurmJob | None = None) -> SlurmJob | None:  # type: ignore[override]
-        """As ``__getitem__`` without its KeyError: a pass asks about every job it tracks, found or not."""
+        """Without a KeyError for a miss: a pass asks about every job it tracks, found or not."""
         row = self._rows.get(key)
         if row is None:
             return default

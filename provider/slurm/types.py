@@ -167,11 +167,14 @@ class SlurmJob:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """Every id this job answers to: the raw id and, for an array task, ``<array id>_<task>``."""
-        keys = [self.job_id]
-        if self.array_job_id and self.array_task_id and self.array_task_id.isdigit():
-            keys.append(f"{self.array_job_id}_{self.array_task_id}")
-        return tuple(keys)
+        return job_keys(self.job_id, self.array_job_id, self.array_task_id)
+
+
+def job_keys(job_id: str, array_job_id: str | None, array_task_id: str | None) -> tuple[str, ...]:
+    """Every id a job answers to: the raw id and, for an array task, ``<array id>_<task>``."""
+    if array_job_id and array_task_id and array_task_id.isdigit():
+        return (job_id, f"{array_job_id}_{array_task_id}")
+    return (job_id,)
 
 
 @dataclass(frozen=True)
@@ -193,9 +196,6 @@ class QueryResult:
     def of(cls, jobs: list[SlurmJob]) -> QueryResult:
         index: dict[str, SlurmJob] = {}
         for job in jobs:
-            if job.array_task_id is None:  # most jobs: one key, no tuple built
-                index.setdefault(job.job_id, job)
-                continue
             for key in job.keys:
                 index.setdefault(key, job)
         return cls(ok=True, jobs=index)
