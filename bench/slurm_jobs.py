@@ -44,8 +44,8 @@ def _submit(ucloud_ids: list[str], extra: list[str], workers: int = 8) -> dict[s
         return dict(pool.map(one, ucloud_ids))
 
 
-def _in_squeue() -> set[str]:
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+def _in_squeue(states: str = "all") -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-t", states, "-o", "%i"], capture_output=True, text=True, check=True).stdout
     return set(out.split())
 
 
@@ -56,8 +56,10 @@ def ensure_jobs(count: int, log: callable = print) -> BenchJobs:  # type: ignore
     if manifest.exists():
         data = json.loads(manifest.read_text())
         jobs = BenchJobs(data["finished"], data["held"])
-        live = _in_squeue()
-        jobs.held = {u: s for u, s in jobs.held.items() if s in live}  # a wiped cluster lost them
+        # A wiped cluster lost them; a restarted one lists them CANCELLED (or whatever ended them) until
+        # MinJobAge passes: only a job still pending is still a held bench job.
+        pending = _in_squeue("PENDING")
+        jobs.held = {u: s for u, s in jobs.held.items() if s in pending}
     missing_finished = [str(FINISHED_BASE + i) for i in range(count) if str(FINISHED_BASE + i) not in jobs.finished]
     if missing_finished:
         started = time.monotonic()
