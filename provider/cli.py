@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -223,7 +222,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
     jobs = store.all_jobs()
     if args.json:
         for job in jobs:
-            print(json.dumps({**dataclasses.asdict(job), "state": job.state.value}))
+            print(json.dumps({**job._asdict(), "state": job.state.value}))
         return EXIT_OK
     rows = [("UCLOUD ID", "SLURM ID", "STATE", "SLURM STATE", "MISSES", "STATUS")]
     rows += [

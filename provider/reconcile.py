@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import enum
 import functools
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from provider.slurm.types import FINISHED_BASE_STATES, QueryResult, SlurmJob
 from provider.states import StateTable
 from provider.ucloud.models import NO_LONGER_AVAILABLE, JobState, JobUpdate
 
 
-@dataclass(frozen=True, slots=True)
-class TrackedJob:
-    """One row of the job map: a UCloud job and the Slurm job that runs it."""
+class TrackedJob(NamedTuple):
+    """One row of the job map: a UCloud job and the Slurm job that runs it.
+
+    This and the other records a pass makes per job (``Observation``, ``Decision``, and the
+    ``SlurmJob`` it looks at) are NamedTuples: immutable, and made in C. A frozen dataclass sets
+    each field through ``object.__setattr__`` (1 us for these eleven, against 0.2 for a tuple), and a
+    first pass over 10,000 jobs makes some 50,000 of them.
+    """
 
     ucloud_id: str
     slurm_id: str
@@ -52,16 +59,14 @@ class Seen(enum.Enum):
     UNKNOWN = "unknown"  # a query failed: no evidence either way
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
+class Observation(NamedTuple):
     seen: Seen
     job: SlurmJob | None = None
     source: str = ""
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The outcome for one job: the new tracked row (if tracked), the update for Core (if any), and why."""
 
     ucloud_id: str
@@ -73,9 +78,33 @@ class Decision:
     changed: bool = True  # ``tracked`` differs from the row the pass read: the store must write it
 
 
+def listed_as_ours(job: TrackedJob, live: QueryResult) -> SlurmJob | None:
+    """The job as slurmctld lists it, if it lists it as ours; None when sacct must be asked."""
+    return slurm_job_if_ours(job, live.jobs.get(job.slurm_id)) if live.ok else None
+
+
 def needs_history(job: TrackedJob, live: QueryResult) -> bool:
     """Whether sacct must be asked about this job: it is not (as ours) among slurmctld's jobs."""
-    return not live.ok or slurm_job_if_ours(job, live.jobs.get(job.slurm_id)) is None
+    return listed_as_ours(job, live) is None
+
+
+def split_by_listing(jobs: Iterable[TrackedJob], live: QueryResult) -> tuple[list[tuple[TrackedJob, SlurmJob]], list[TrackedJob]]:
+    """The jobs slurmctld lists as ours, each with what it lists, and the others (sacct must be asked):
+    one lookup per job, so a pass can start sacct as soon as squeue has answered."""
+    listed: list[tuple[TrackedJob, SlurmJob]] = []
+    unlisted: list[TrackedJob] = []
+    for job in jobs:
+        found = listed_as_ours(job, live)
+        if found is None:
+            unlisted.append(job)
+        else:
+            listed.append((job, found))
+    return listed, unlisted
+
+
+def observe_listed(found: SlurmJob) -> Observation:
+    """What a job slurmctld lists as ours is: slurmctld's word is the truth."""
+    return Observation(Seen.FOUND, found, "squeue")
 
 
 def observe(job: TrackedJob, live: QueryResult, history: QueryResult | None) -> Observation:
@@ -87,10 +116,9 @@ def observe(job: TrackedJob, live: QueryResult, history: QueryResult | None) -> 
     - slurmctld does not list it: accounting decides; a non-final accounting record of a job slurmctld
       no longer holds is a stale record (a wiped controller), so the job is missing.
     """
-    if live.ok:
-        found = slurm_job_if_ours(job, live.jobs.get(job.slurm_id))
-        if found is not None:
-            return Observation(Seen.FOUND, found, "squeue")
+    found = listed_as_ours(job, live)
+    if found is not None:
+        return observe_listed(found)
     if history is None or not history.ok:
         failed = live if not live.ok else history
         why = failed.error if failed is not None else "sacct was not asked"
@@ -169,11 +197,11 @@ def decide_tracked(
         if not gone:
             reason = _waiting_to_confirm(observation.detail, misses, rules.checks)
             return Decision(job.ucloud_id, reason, tracked=missing, recheck=True)
-        final = replace(missing, state=JobState.FAILURE, status=NO_LONGER_AVAILABLE, slurm_state=None)
+        final = missing._replace(state=JobState.FAILURE, status=NO_LONGER_AVAILABLE, slurm_state=None)
         return Decision(
             job.ucloud_id,
             f"missing from Slurm in {misses} checks over {(now - first) // 1000} s ({observation.detail})",
-            update=JobUpdate(state=JobState.FAILURE, status=NO_LONGER_AVAILABLE, timestamp=now),
+            update=_no_longer_available(now),
             tracked=final,
         )
 
@@ -243,12 +271,22 @@ def decide_untracked(ucloud_id: str, created_at: int, believed: JobState, grace_
     return Decision(
         ucloud_id,
         "the provider has no record of this job",
-        update=JobUpdate(state=JobState.FAILURE, status=NO_LONGER_AVAILABLE, timestamp=now),
+        update=_no_longer_available(now),
     )
 
 
+@functools.lru_cache(maxsize=256)
 def _update(state: JobState, status: str, core_state: JobState, now: int) -> JobUpdate:
     """A state change for Core. A non-final change names the state it expects to replace, so a stale
-    update can never overwrite a newer one; a final state needs no guard (Core never leaves one)."""
+    update can never overwrite a newer one; a final state needs no guard (Core never leaves one).
+
+    Updates are immutable and a pass decides all its jobs at one ``now``: the 5,000 jobs of a pass
+    that finished alike share one update (and the store encodes it once)."""
     expected = None if state.is_final else core_state
     return JobUpdate(state=state, status=status, expected_state=expected, timestamp=now)
+
+
+@functools.lru_cache(maxsize=16)
+def _no_longer_available(now: int) -> JobUpdate:
+    """The seed's update for a job Slurm no longer knows (or the provider never knew), one per ``now``."""
+    return JobUpdate(state=JobState.FAILURE, status=NO_LONGER_AVAILABLE, timestamp=now)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from provider.accounting import JobUsage, Owner, TotalChange, UsageSubject, next_total
+from provider.collector import without_collector
 from provider.reconcile import Decision, TrackedJob
 from provider.ucloud.models import FINAL_STATES, JobState, JobUpdate
 
@@ -169,6 +170,8 @@ class Store:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             version = inspect_file(Path(self.path))  # raises StoreUnusable before anything is written
         self._lock = threading.Lock()
+        self._active: dict[str, TrackedJob] | None = None  # see active()
+        self._active_version = -1
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.row_factory = sqlite3.Row
@@ -193,10 +196,16 @@ class Store:
         return self._db.total_changes
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, job_map: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction. A failed COMMIT (a full disk) is rolled back too, so the connection
-        never stays inside a transaction that every later write would trip over."""
+        never stays inside a transaction that every later write would trip over.
+
+        ``job_map=False`` promises that the transaction writes no row of ``jobs`` (``apply`` keeps the
+        active jobs current itself); any other forgets the active jobs kept in memory (``active()``),
+        and so does every transaction that fails: the next read loads them again."""
         with self._lock:
+            if job_map:
+                self._active = None
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -205,8 +214,10 @@ class Store:
                 finally:
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
-            except sqlite3.OperationalError as exc:
-                self.write_error = str(exc)
+            except BaseException as exc:
+                self._active = None
+                if isinstance(exc, sqlite3.OperationalError):
+                    self.write_error = str(exc)
                 raise
             self.write_error = ""
 
@@ -272,7 +283,7 @@ class Store:
 
     def record_intent(self, ucloud_id: str, unix_user: str | None, now: int) -> Intent:
         """Note, before sbatch runs, that a Slurm job named ``ucloud_id`` may be about to exist."""
-        with self._transaction() as db:
+        with self._transaction(job_map=False) as db:
             db.execute(
                 "INSERT INTO intents (ucloud_id, unix_user, first_at, last_at, attempts) VALUES (?, ?, ?, ?, 1)"
                 " ON CONFLICT (ucloud_id) DO UPDATE SET last_at = excluded.last_at, attempts = attempts + 1",
@@ -286,17 +297,18 @@ class Store:
 
     def retire_intents(self, ucloud_ids: Iterable[str]) -> None:
         """Forget settled intents: the sweeper found no Slurm job of theirs left to cancel."""
-        with self._transaction() as db:
+        with self._transaction(job_map=False) as db:
             db.executemany("DELETE FROM intents WHERE ucloud_id = ?", [(i,) for i in ucloud_ids])
 
     def probe_write(self, now: int) -> None:
         """Raise unless a write reaches the file now (one row rewritten: cheap enough for /readyz)."""
-        with self._transaction() as db:
+        with self._transaction(job_map=False) as db:
             db.execute(
                 "INSERT INTO write_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
                 (now,),
             )
 
+    @without_collector  # thousands of rows a pass, no cycles (provider.collector)
     def get(self, ucloud_ids: Iterable[str]) -> dict[str, TrackedJob]:
         """The tracked rows of these jobs (one query, whatever their number)."""
         ids = json.dumps(list(dict.fromkeys(ucloud_ids)))
@@ -308,28 +320,36 @@ class Store:
             return {row[0]: _job_from_tuple(row) for row in rows}
 
     def active(self) -> list[TrackedJob]:
-        """Every job whose final state Core has not been told yet."""
+        """Every job whose final state Core has not been told yet, in the order they were tracked.
+
+        The rows are kept in memory between passes: every monitor pass asks for all of them, and in
+        most passes few or none changed. ``apply`` keeps them current; any other write to the job map
+        forgets them, and so does a commit by another connection (``PRAGMA data_version``: an admin's
+        command on the same file). The rows are immutable, so the same objects serve every pass."""
         with self._lock:
-            rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state NOT IN (?, ?, ?) ORDER BY tracked_at", _FINAL)
-            rows.row_factory = None
-            return [_job_from_tuple(row) for row in rows]
+            return list(self._active_jobs().values())
 
     def has_active(self, ucloud_ids: Iterable[str] | None = None) -> bool:
-        """Whether any job (of ``ucloud_ids``, if given) is active; it stops at the first. A pass with
-        none asks Slurm nothing."""
-        if ucloud_ids is None:
-            return bool(self._query("SELECT 1 FROM jobs WHERE state NOT IN (?, ?, ?) LIMIT 1", _FINAL))
-        ids = json.dumps(list(ucloud_ids))
-        return bool(
-            self._query(
-                "SELECT 1 FROM jobs WHERE ucloud_id IN (SELECT value FROM json_each(?)) AND state NOT IN (?, ?, ?) LIMIT 1",
-                (ids, *_FINAL),
-            )
-        )
+        """Whether any job (of ``ucloud_ids``, if given) is active. A pass with none asks Slurm nothing."""
+        with self._lock:
+            active = self._active_jobs()
+            return bool(active) if ucloud_ids is None else any(ucloud_id in active for ucloud_id in ucloud_ids)
+
+    @without_collector  # thousands of rows, no cycles (provider.collector)
+    def _active_jobs(self) -> dict[str, TrackedJob]:
+        """The active jobs by id, read from the file only when they are not known current (hold the lock)."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if self._active is None or version != self._active_version:
+            rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state NOT IN (?, ?, ?) ORDER BY tracked_at", _FINAL)
+            rows.row_factory = None
+            self._active = {row[0]: _job_from_tuple(row) for row in rows}
+            self._active_version = version
+        return self._active
 
     def all_jobs(self) -> list[TrackedJob]:
         return [_job(r) for r in self._query("SELECT * FROM jobs ORDER BY tracked_at")]
 
+    @without_collector  # thousands of rows a pass, no cycles (provider.collector)
     def apply(self, decisions: Iterable[Decision], now: int) -> int:
         """Store the changed rows and queue the updates of ``decisions`` atomically. Returns updates queued.
 
@@ -345,7 +365,7 @@ class Store:
                 updates.append((decision.ucloud_id, decision.update))
         if not changed and not updates:
             return 0
-        with self._transaction() as db:
+        with self._transaction(job_map=False) as db:  # the kept active jobs are brought up to date below
             db.executemany(  # rows made as SQLite takes them, not held all at once
                 "UPDATE jobs SET state = ?, status = ?, slurm_state = ?, miss_count = ?,"
                 " first_missed_at = ?, updated_at = ? WHERE ucloud_id = ?",
@@ -360,11 +380,33 @@ class Store:
                 for ucloud_id, update in updates
                 if ((update.state.value if update.state else None), update.status) not in waiting.get(ucloud_id, ())
             ]
+            bodies: dict[int, str] = {}  # by id(): a pass shares one update among the jobs it finds alike
             db.executemany(
                 "INSERT INTO outbox (ucloud_id, body, created_at) VALUES (?, ?, ?)",
-                [(ucloud_id, _body(update), now) for ucloud_id, update in fresh],
+                [
+                    (ucloud_id, bodies.get(id(update)) or bodies.setdefault(id(update), _body(update)), now)
+                    for ucloud_id, update in fresh
+                ],
             )
+            # Still inside the transaction: its COMMIT fails or this runs under the same lock.
+            self._keep_active(changed)
         return len(fresh)
+
+    def _keep_active(self, changed: list[TrackedJob]) -> None:
+        """Bring the kept active jobs up to ``changed``, about to be committed (hold the lock). Were
+        the COMMIT to fail, the kept jobs would be ahead of the file: they are forgotten then (see
+        apply)."""
+        active = self._active
+        if active is None:
+            return
+        for job in changed:
+            if job.state.is_final:
+                active.pop(job.ucloud_id, None)
+            elif job.ucloud_id in active:
+                active[job.ucloud_id] = job
+            else:  # not active when read: only a row that was never active can be missing
+                self._active = None
+                return
 
     @staticmethod
     def _waiting_updates(db: sqlite3.Connection, ucloud_ids: Sequence[str]) -> dict[str, set[tuple[str | None, str | None]]]:
@@ -381,7 +423,7 @@ class Store:
         return waiting
 
     def enqueue(self, ucloud_id: str, update: JobUpdate, now: int) -> None:
-        with self._transaction() as db:
+        with self._transaction(job_map=False) as db:
             self._enqueue(db, ucloud_id, update, now)
 
     @staticmethod
@@ -398,11 +440,11 @@ class Store:
 
     def outbox_done(self, seqs: Iterable[int]) -> None:
         seqs = list(seqs)
-        with self._transaction() as db:
+        with self._transaction(job_map=False) as db:
             db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
 
     def outbox_failed(self, seqs: Iterable[int], error: str) -> None:
-        with self._transaction() as db:
+        with self._transaction(job_map=False) as db:
             db.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
                 [(error[:1000], s) for s in seqs],
@@ -442,7 +484,7 @@ class Store:
         and the reports for Core. ``total_of(category, [(product, resource-seconds), ...])`` prices a
         total (None: the category is not configured, nothing is reported)."""
         changes: list[UsageTotalChange] = []
-        with self._transaction() as db:
+        with self._transaction(job_map=False) as db:
             touched: dict[tuple[str, str, str], None] = {}
             for job in changed:
                 db.execute(
@@ -485,7 +527,7 @@ class Store:
     def usage_requeue_refused(self, answered_before: int, now: int) -> int:
         """Queue again the totals Core refused before ``answered_before`` (a category registered only
         later, an owner Core did not know yet): a refusal must not lose a finished owner's usage."""
-        with self._transaction() as db:
+        with self._transaction(job_map=False) as db:
             return db.execute(
                 "INSERT OR IGNORE INTO usage_outbox (owner_type, owner, category, total, queued_at)"
                 " SELECT owner_type, owner, category, total, ? FROM usage_totals"
@@ -503,7 +545,7 @@ class Store:
     def usage_answered(self, answers: Iterable[tuple[PendingUsage, str]], now: int) -> None:
         """Core took these reports (``"true"``/``"false"``) or refused them for good (``"refused: <why>"``).
         A report is done unless a newer total replaced it meanwhile."""
-        with self._transaction() as db:
+        with self._transaction(job_map=False) as db:
             for report, answer in answers:
                 key = (report.owner.kind, report.owner.reference, report.category)
                 if answer.startswith("refused"):
@@ -524,7 +566,7 @@ class Store:
                 )
 
     def usage_failed(self, reports: Iterable[PendingUsage], error: str) -> None:
-        with self._transaction() as db:
+        with self._transaction(job_map=False) as db:
             db.executemany(
                 "UPDATE usage_outbox SET attempts = attempts + 1, last_error = ?"
                 " WHERE owner_type = ? AND owner = ? AND category = ?",

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
 
+from provider.collector import collector_paused
 from provider.config import Settings
 from provider.reconcile import (
     DebounceRules,
@@ -26,8 +27,9 @@ from provider.reconcile import (
     TrackedJob,
     decide_tracked,
     decide_untracked,
-    needs_history,
     observe,
+    observe_listed,
+    split_by_listing,
 )
 from provider.slurm.backend import SlurmBackend
 from provider.slurm.types import QueryResult
@@ -243,9 +245,13 @@ class Synchronizer:
     async def run_pass(self, pending: Mapping[str, Belief], include_active: bool = False) -> PassReport:
         """Decide, store and queue: one whole pass."""
         started = time.monotonic()
-        report = await self.plan(pending, include_active)
-        now = self._clock()
-        queued = await asyncio.to_thread(self.store.apply, report.decisions, now)
+        queued = 0
+
+        async def keep(decisions: list[Decision]) -> None:
+            nonlocal queued
+            queued += await asyncio.to_thread(self.store.apply, decisions, self._clock())
+
+        report = await self.plan(pending, include_active, keep=keep)
         self.passes += 1
         if queued:
             self._on_queued()
@@ -300,8 +306,17 @@ class Synchronizer:
             ms=round((time.monotonic() - started) * 1000, 1),
         )
 
-    async def plan(self, pending: Mapping[str, Belief], include_active: bool = False) -> PassReport:
-        """Decide what every requested job needs, asking Slurm once; store and send nothing."""
+    async def plan(
+        self, pending: Mapping[str, Belief], include_active: bool = False, keep: Keep | None = None
+    ) -> PassReport:
+        """Decide what every requested job needs, asking Slurm once; ``keep`` stores the decisions.
+
+        Without ``keep`` nothing is stored or sent (the CLI's dry run). With it, the decisions are handed
+        over in up to two batches, each stored in one transaction with its updates: those that squeue
+        answered (stored while sacct runs), then those that needed sacct. A job's row and its update are
+        always in the same batch; a crash between the two batches leaves the second batch's jobs as they
+        were, for the next pass to decide again.
+        """
         # squeue runs while the job map is read (its own process, on another core). A pass with no
         # active job to look up asks Slurm nothing, so it starts only once one is known to exist.
         # squeue's answer may so be a moment older than the map: a job submitted in that moment is
@@ -313,21 +328,69 @@ class Synchronizer:
             if await asyncio.to_thread(self.store.has_active, among):
                 asking_live = asyncio.ensure_future(self.backend.live_jobs())
         try:
-            return await self._plan(pending, include_active, asking_live)
+            return await self._plan(pending, include_active, asking_live, keep or _keep_nothing)
         finally:
             if asking_live is not None and not asking_live.done():
                 asking_live.cancel()  # only when the pass failed: a broken store, a cancelled daemon
 
     async def _plan(
-        self, pending: Mapping[str, Belief], include_active: bool, asking_live: asyncio.Future[QueryResult] | None
+        self,
+        pending: Mapping[str, Belief],
+        include_active: bool,
+        asking_live: asyncio.Future[QueryResult] | None,
+        keep: Keep,
     ) -> PassReport:
         beliefs = dict(pending)
         tracked: dict[str, TrackedJob] = await asyncio.to_thread(self.store.get, beliefs.keys())
-        if include_active:
-            for active in await asyncio.to_thread(self.store.active):
-                tracked.setdefault(active.ucloud_id, active)
-                beliefs.setdefault(active.ucloud_id, AS_LAST_TOLD)
+        active = await asyncio.to_thread(self.store.active) if include_active else []
         now = self._clock()
+        with collector_paused():
+            decisions, to_observe = self._triage(beliefs, tracked, active, now)
+        if not to_observe:
+            if asking_live is not None:
+                await asking_live  # every active job turned final since has_active: rare, and harmless
+            await keep(decisions)
+            return PassReport(decisions)
+
+        live = await (asking_live or self.backend.live_jobs())
+        with collector_paused():
+            listed, unlisted = split_by_listing(to_observe, live)
+        asking = (
+            asyncio.ensure_future(self.backend.finished_jobs([job.slurm_id for job in unlisted])) if unlisted else None
+        )
+        # While sacct runs (a subprocess: the loop is free), decide the jobs squeue answered for, a
+        # thousand at a time so that sacct's output is read as it comes.
+        now = self._clock()
+        for start in range(0, len(listed), 1000):
+            with collector_paused():
+                decisions.extend(
+                    self._decide(job, beliefs[job.ucloud_id], observe_listed(found), now)
+                    for job, found in listed[start : start + 1000]
+                )
+            await asyncio.sleep(0)
+        if asking is None:
+            await keep(decisions)
+            return PassReport(decisions, live.ok)
+        storing = asyncio.ensure_future(keep(decisions))  # in its thread, while sacct runs
+        try:
+            history = await asking
+        except BaseException:
+            storing.add_done_callback(_retrieve)  # a cancelled pass: the write finishes or rolls back alone
+            raise
+        now = self._clock()
+        with collector_paused():
+            rest = [self._decide(job, beliefs[job.ucloud_id], observe(job, live, history), now) for job in unlisted]
+        await storing
+        await keep(rest)
+        return PassReport(decisions + rest, live.ok, history.ok)
+
+    def _triage(
+        self, beliefs: dict[str, Belief], tracked: dict[str, TrackedJob], active: list[TrackedJob], now: int
+    ) -> tuple[list[Decision], list[TrackedJob]]:
+        """Decide what needs no Slurm query (jobs never tracked, jobs already final); return the rest."""
+        for row in active:
+            tracked.setdefault(row.ucloud_id, row)
+            beliefs.setdefault(row.ucloud_id, AS_LAST_TOLD)
         decisions: list[Decision] = []
         to_observe: list[TrackedJob] = []
         for ucloud_id, belief in beliefs.items():
@@ -343,37 +406,23 @@ class Synchronizer:
                 decisions.append(self._decide(job, belief, Observation(Seen.UNKNOWN), now))
             else:
                 to_observe.append(job)
-        if not to_observe:
-            if asking_live is not None:
-                await asking_live  # every active job turned final since has_active: rare, and harmless
-            return PassReport(decisions)
-
-        live = await (asking_live or self.backend.live_jobs())
-        in_history = [job for job in to_observe if needs_history(job, live)]
-        asking = (
-            asyncio.ensure_future(self.backend.finished_jobs([job.slurm_id for job in in_history])) if in_history else None
-        )
-        # While sacct runs (a subprocess: the loop is free), decide the jobs squeue answered for. The
-        # others keep their place (None) in ``decided``, which stays in the order of ``to_observe``.
-        now = self._clock()
-        decided: list[Decision | None] = [None] * len(to_observe)
-        for index, job in enumerate(to_observe):
-            if not needs_history(job, live):
-                decided[index] = self._decide(job, beliefs[job.ucloud_id], observe(job, live, None), now)
-            if index % 1000 == 999:
-                await asyncio.sleep(0)  # let sacct's output be read as it comes
-        history: QueryResult | None = None
-        if asking is not None:
-            history = await asking
-            now = self._clock()
-            for index, job in enumerate(to_observe):
-                if decided[index] is None:
-                    decided[index] = self._decide(job, beliefs[job.ucloud_id], observe(job, live, history), now)
-        decisions.extend(d for d in decided if d is not None)
-        return PassReport(decisions, live.ok, history.ok if history is not None else None)
+        return decisions, to_observe
 
     def _decide(self, job: TrackedJob, belief: Belief, observation: Observation, now: int) -> Decision:
         return decide_tracked(job, belief.believed, observation, self.table, self.rules, now)
+
+
+Keep = Callable[[list[Decision]], Awaitable[None]]  # stores a batch of a pass's decisions
+
+
+async def _keep_nothing(decisions: list[Decision]) -> None:
+    """A dry run's store."""
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Collect a detached task's outcome, so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 # -- the daemon's own schedule ---------------------------------------------------------------------

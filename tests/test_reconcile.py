@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from provider.reconcile import (
     DebounceRules,
     Observation,
@@ -58,7 +56,7 @@ def test_unknown_job_within_the_grace_is_spared_and_rechecked() -> None:
 
 
 def test_running_job_core_thinks_queued_becomes_running_guarded_by_expected_state() -> None:
-    decision = decide_tracked(replace(JOB, state=JobState.IN_QUEUE), JobState.IN_QUEUE, found("RUNNING"), TABLE, RULES, NOW)
+    decision = decide_tracked(JOB._replace(state=JobState.IN_QUEUE), JobState.IN_QUEUE, found("RUNNING"), TABLE, RULES, NOW)
     assert decision.update is not None
     assert (decision.update.state, decision.update.expected_state) == (JobState.RUNNING, JobState.IN_QUEUE)
     assert decision.tracked is not None and decision.tracked.state is JobState.RUNNING
@@ -75,7 +73,7 @@ def test_same_state_sends_nothing() -> None:
 
 
 def test_a_failed_query_changes_nothing_not_even_the_miss_counter() -> None:
-    job = replace(JOB, miss_count=2, first_missed_at=NOW - 100_000)
+    job = JOB._replace(miss_count=2, first_missed_at=NOW - 100_000)
     decision = decide_tracked(job, JobState.RUNNING, UNKNOWN, TABLE, RULES, NOW)
     assert decision.update is None and decision.tracked == job
     assert decision.recheck  # asked again soon, not only when Core next calls verify
@@ -102,12 +100,12 @@ def test_three_quick_misses_are_not_enough_without_the_window() -> None:
 
 
 def test_a_young_job_is_never_declared_gone() -> None:
-    young = replace(JOB, submitted_at=NOW - 10_000, miss_count=10, first_missed_at=NOW - 3_600_000)
+    young = JOB._replace(submitted_at=NOW - 10_000, miss_count=10, first_missed_at=NOW - 3_600_000)
     assert decide_tracked(young, None, MISSING, TABLE, RULES, NOW).update is None
 
 
 def test_being_seen_again_resets_the_misses() -> None:
-    job = replace(JOB, miss_count=2, first_missed_at=NOW - 50_000)
+    job = JOB._replace(miss_count=2, first_missed_at=NOW - 50_000)
     decision = decide_tracked(job, None, found("RUNNING"), TABLE, RULES, NOW)
     assert decision.tracked is not None and (decision.tracked.miss_count, decision.tracked.first_missed_at) == (0, None)
 
@@ -118,7 +116,7 @@ def test_completing_keeps_the_current_state() -> None:
 
 
 def test_a_final_job_core_still_thinks_active_gets_its_final_state_again() -> None:
-    done = replace(JOB, state=JobState.SUCCESS, status="Your job has successfully completed")
+    done = JOB._replace(state=JobState.SUCCESS, status="Your job has successfully completed")
     decision = decide_tracked(done, JobState.RUNNING, UNKNOWN, TABLE, RULES, NOW)
     assert decision.update is not None and decision.update.state is JobState.SUCCESS
 

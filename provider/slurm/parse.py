@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from provider.accounting import Allocation, UsageRecord
+from provider.collector import without_collector
 from provider.slurm.types import ExitStatus, SlurmJob, job_keys, parse_state
 
 UNIT_SEPARATOR = "\x1f"
@@ -99,6 +100,7 @@ def parse_squeue(text: str, fields: Sequence[str] = SQUEUE_FIELDS, sep: str = UN
     return [make(row) for row in _squeue_rows(text, fields, sep)]
 
 
+@without_collector  # a row per job, no cycles (provider.collector)
 def index_squeue(text: str, fields: Sequence[str] = SQUEUE_FIELDS, sep: str = UNIT_SEPARATOR) -> SqueueIndex:
     """``parse_squeue`` keyed by every id a job answers to (``QueryResult.of``), each row made a job
     only when looked up. Every row's shape is checked here, so bad output still fails the query."""
@@ -180,6 +182,7 @@ def _squeue_job_maker(fields: Sequence[str]) -> Callable[[list[str]], SlurmJob]:
     return make
 
 
+@without_collector  # a row per job, no cycles (provider.collector)
 def parse_sacct(text: str, fields: Sequence[str] = SACCT_FIELDS, sep: str = UNIT_SEPARATOR) -> list[SlurmJob]:
     """Parse ``sacct -n -P -X --delimiter=<sep> -o <fields>``; one allocation row per job."""
     raw_col, state_col = fields.index("JobIDRaw"), fields.index("State")
