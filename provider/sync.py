@@ -32,7 +32,7 @@ from provider.reconcile import (
     split_by_listing,
 )
 from provider.slurm.backend import SlurmBackend
-from provider.slurm.types import QueryResult
+from provider.slurm.types import QueryResult, SlurmJob
 from provider.states import StateTable
 from provider.store import Store
 from provider.ucloud.models import JobState
@@ -142,6 +142,8 @@ class Synchronizer:
         self.passes = 0
         self.last_report: PassReport | None = None
         self._busy = False
+        self._settled: dict[str, Settled] = {}  # see _decide_listed
+        self._settled_by: StateTable | None = None  # the table those decisions were made with
 
     @property
     def idle(self) -> bool:
@@ -340,12 +342,11 @@ class Synchronizer:
         asking_live: asyncio.Future[QueryResult] | None,
         keep: Keep,
     ) -> PassReport:
-        beliefs = dict(pending)
-        tracked: dict[str, TrackedJob] = await asyncio.to_thread(self.store.get, beliefs.keys())
+        tracked: dict[str, TrackedJob] = await asyncio.to_thread(self.store.get, pending.keys()) if pending else {}
         active = await asyncio.to_thread(self.store.active) if include_active else []
         now = self._clock()
         with collector_paused():
-            decisions, to_observe = self._triage(beliefs, tracked, active, now)
+            decisions, to_observe = self._triage(pending, tracked, active, now)
         if not to_observe:
             if asking_live is not None:
                 await asking_live  # every active job turned final since has_active: rare, and harmless
@@ -361,13 +362,13 @@ class Synchronizer:
         # While sacct runs (a subprocess: the loop is free), decide the jobs squeue answered for, a
         # thousand at a time so that sacct's output is read as it comes.
         now = self._clock()
+        settled: dict[str, Settled] = {}
         for start in range(0, len(listed), 1000):
             with collector_paused():
-                decisions.extend(
-                    self._decide(job, beliefs[job.ucloud_id], observe_listed(found), now)
-                    for job, found in listed[start : start + 1000]
-                )
+                decisions.extend(self._decide_listed(listed[start : start + 1000], pending, now, settled))
             await asyncio.sleep(0)
+        if include_active:  # a monitor pass sees every active job: what it settled is all there is
+            self._settled, self._settled_by = settled, self.table
         if asking is None:
             await keep(decisions)
             return PassReport(decisions, live.ok)
@@ -379,21 +380,22 @@ class Synchronizer:
             raise
         now = self._clock()
         with collector_paused():
-            rest = [self._decide(job, beliefs[job.ucloud_id], observe(job, live, history), now) for job in unlisted]
+            rest = [
+                self._decide(job, pending.get(job.ucloud_id, AS_LAST_TOLD), observe(job, live, history), now)
+                for job in unlisted
+            ]
         await storing
         await keep(rest)
         return PassReport(decisions + rest, live.ok, history.ok)
 
     def _triage(
-        self, beliefs: dict[str, Belief], tracked: dict[str, TrackedJob], active: list[TrackedJob], now: int
+        self, pending: Mapping[str, Belief], tracked: dict[str, TrackedJob], active: list[TrackedJob], now: int
     ) -> tuple[list[Decision], list[TrackedJob]]:
-        """Decide what needs no Slurm query (jobs never tracked, jobs already final); return the rest."""
-        for row in active:
-            tracked.setdefault(row.ucloud_id, row)
-            beliefs.setdefault(row.ucloud_id, AS_LAST_TOLD)
+        """Decide what needs no Slurm query (jobs never tracked, jobs already final); return the rest,
+        the requested jobs first, then the active ones not requested (all of them, in a monitor pass)."""
         decisions: list[Decision] = []
         to_observe: list[TrackedJob] = []
-        for ucloud_id, belief in beliefs.items():
+        for ucloud_id, belief in pending.items():
             job = tracked.get(ucloud_id)
             if job is None:
                 if belief.believed is not None and belief.created_at is not None:
@@ -406,13 +408,45 @@ class Synchronizer:
                 decisions.append(self._decide(job, belief, Observation(Seen.UNKNOWN), now))
             else:
                 to_observe.append(job)
+        to_observe.extend(active if not pending else (job for job in active if job.ucloud_id not in pending))
         return decisions, to_observe
+
+    def _decide_listed(
+        self,
+        listed: list[tuple[TrackedJob, SlurmJob]],
+        pending: Mapping[str, Belief],
+        now: int,
+        settled: dict[str, Settled],
+    ) -> list[Decision]:
+        """Decide jobs squeue answered for, noting in ``settled`` those that need nothing.
+
+        A job that the previous monitor pass settled, whose row and squeue line are the very objects
+        it saw (the store keeps unchanged rows, the backend unchanged lines), gets that decision again
+        without deciding: the rules are pure, and a decision that needs nothing holds no time. In a
+        quiet pass that is every job, and the pass costs little more than squeue itself."""
+        before = self._settled if self._settled_by is self.table else {}
+        decisions = []
+        for job, found in listed:
+            belief = pending.get(job.ucloud_id, AS_LAST_TOLD)
+            if belief is not AS_LAST_TOLD:
+                decisions.append(self._decide(job, belief, observe_listed(found), now))
+                continue
+            seen = before.get(job.ucloud_id)
+            if seen is not None and seen[0] is job and seen[1] is found:
+                decision = seen[2]
+            else:
+                decision = self._decide(job, belief, observe_listed(found), now)
+            if decision.update is None and not decision.changed and not decision.recheck:
+                settled[job.ucloud_id] = (job, found, decision)
+            decisions.append(decision)
+        return decisions
 
     def _decide(self, job: TrackedJob, belief: Belief, observation: Observation, now: int) -> Decision:
         return decide_tracked(job, belief.believed, observation, self.table, self.rules, now)
 
 
 Keep = Callable[[list[Decision]], Awaitable[None]]  # stores a batch of a pass's decisions
+Settled = tuple[TrackedJob, SlurmJob, Decision]  # a job, what squeue listed, and a decision that needs nothing
 
 
 async def _keep_nothing(decisions: list[Decision]) -> None:

@@ -111,6 +111,20 @@ def test_the_squeue_index_answers_as_the_parsed_list(version: str) -> None:
     assert index[task.job_id] is task
 
 
+def test_an_unchanged_squeue_line_is_the_same_job_in_the_next_answer() -> None:
+    """What lets a quiet pass repeat its decisions: the next index, given what the last one made,
+    answers an unchanged line with the very same job, and a changed line with a new one."""
+    first = index_squeue("7\x1f7\x1fN/A\x1fPENDING\x1fPriority\x1f0\x1fa\n8\x1f8\x1fN/A\x1fPENDING\x1fPriority\x1f0\x1fb\n")
+    seven, eight = first["7"], first["8"]
+    second = index_squeue(
+        "7\x1f7\x1fN/A\x1fPENDING\x1fPriority\x1f0\x1fa\n8\x1f8\x1fN/A\x1fRUNNING\x1fNone\x1f0\x1fb\n", known=first.made
+    )
+    assert second["7"] is seven
+    assert second["8"] is not eight and second["8"].state.label == "RUNNING"
+    third = index_squeue("7\x1f7\x1fN/A\x1fPENDING\x1fPriority\x1f0\x1fa\n", known=second.made)
+    assert third["7"] is seven and list(third.made.values()) == [seven]  # only what a pass looked up is kept
+
+
 def test_a_bad_squeue_row_fails_the_index_at_once() -> None:
     good = "7\x1f7\x1fN/A\x1fPENDING\x1fNone\x1f0\x1fname\n"
     assert len(index_squeue(good)) == 1

@@ -7,13 +7,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from provider.reconcile import DebounceRules
+from provider.reconcile import DebounceRules, Decision
 from provider.slurm.backend import QueryBook
 from provider.slurm.commands import CommandBackend
 from provider.slurm.types import QueryResult, SlurmJob, parse_state
 from provider.states import StateTable
 from provider.store import Store
-from provider.sync import Belief, PassTimings, Synchronizer
+from provider.sync import Belief, PassReport, PassTimings, Synchronizer
+from provider.ucloud.models import JobState
 
 
 async def test_failing_passes_share_one_recheck_timer(tmp_path: Path) -> None:
@@ -88,4 +89,43 @@ async def test_a_pass_where_nothing_changed_writes_nothing(tmp_path: Path) -> No
     moved = await sync.run_pass({}, include_active=True)
     assert moved.queued == 1 and store.rows_written == written + 2  # the job's row and its update
     assert backend.calls == {"squeue": 3}
+    store.close()
+
+
+async def test_a_quiet_pass_repeats_what_the_last_settled_and_decides_whatever_moved(tmp_path: Path) -> None:
+    """A monitor pass gives a job its previous decision only when its row, its squeue line, Core's
+    belief and the state table are all what the previous pass saw; anything else is decided anew."""
+    path = tmp_path / "s.sqlite3"
+    store = Store(path)
+    now = int(time.time() * 1000)
+    for n in range(4):
+        store.track(ucloud_id=str(n), slurm_id=str(40 + n), cluster="", expected_name=str(n), submitted_at=now, now=now)
+    backend = ListedSlurm([SlurmJob(str(40 + n), parse_state("PENDING"), name=str(n)) for n in range(4)])
+    sync = Synchronizer(store, backend, StateTable(), DebounceRules())
+
+    def by_job(report: PassReport) -> dict[str, Decision]:
+        return {d.ucloud_id: d for d in report.decisions}
+
+    await sync.run_pass({}, include_active=True)  # the Slurm state is new to the map: rows change
+    settled = by_job(await sync.run_pass({}, include_active=True))
+    quiet = by_job(await sync.run_pass({}, include_active=True))
+    assert all(quiet[n] is settled[n] for n in "0123")
+
+    backend.jobs[1] = SlurmJob("41", parse_state("RUNNING"), name="1")  # squeue's line changed
+    moved = by_job(await sync.run_pass({"3": Belief(JobState.RUNNING, created_at=now)}, include_active=True))
+    assert moved["0"] is quiet["0"] and moved["2"] is quiet["2"]
+    assert moved["1"].update is not None and moved["1"].update.state is JobState.RUNNING
+    assert moved["3"].update is not None and moved["3"].update.state is JobState.IN_QUEUE  # Core's belief was heard
+
+    other = Store(path)  # the row changed (an admin's command on the file): Core was told RUNNING
+    (row,) = [job for job in other.active() if job.ucloud_id == "2"]
+    other.apply([Decision("2", "admin", tracked=row._replace(state=JobState.RUNNING))], now)
+    other.close()
+    reread = by_job(await sync.run_pass({}, include_active=True))
+    assert reread["2"].update is not None and reread["2"].update.state is JobState.IN_QUEUE  # Slurm still says PENDING
+    assert reread["0"] == quiet["0"]  # decided again (the other connection's commit had every row read anew), alike
+
+    sync.table = StateTable({"PENDING": "RUNNING"})  # decisions made with another table are not reused
+    retold = by_job(await sync.run_pass({}, include_active=True))
+    assert retold["0"].update is not None and retold["0"].update.state is JobState.RUNNING
     store.close()

@@ -102,6 +102,7 @@ class CommandBackend(QueryBook):
         self._tools = SlurmTools(bin_dir=bin_dir, slurm_conf=slurm_conf, timeout=timeout)
         self._timeout = timeout
         self.accounting_disabled = False
+        self._known_lines: dict[str, SlurmJob] = {}  # squeue lines the latest answer made jobs of
 
     async def _query(
         self, command: str, args: list[str], parse: Callable[[str], Parsed], *, tool: str = ""
@@ -138,8 +139,11 @@ class CommandBackend(QueryBook):
             return f"{command} output could not be parsed: {exc}"
 
     async def live_jobs(self) -> QueryResult:
-        jobs = await self._query("squeue", squeue_args(), index_squeue)
-        return QueryResult.failed(jobs) if isinstance(jobs, str) else QueryResult(ok=True, jobs=jobs)
+        jobs = await self._query("squeue", squeue_args(), lambda text: index_squeue(text, known=self._known_lines))
+        if isinstance(jobs, str):
+            return QueryResult.failed(jobs)
+        self._known_lines = jobs.made  # filled as this answer is looked up; the next one starts from it
+        return QueryResult(ok=True, jobs=jobs)
 
     async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
         ids = sorted({i for i in slurm_ids if is_valid_slurm_id(i)})

@@ -69,13 +69,18 @@ def _rows(text: str, fields: Sequence[str], sep: str) -> list[dict[str, str]]:
 
 def _value_rows(text: str, width: int, sep: str) -> Iterator[list[str]]:
     """Each non-empty line split into exactly ``width`` values (the last field may hold the separator)."""
+    for _, values in _value_lines(text, width, sep):
+        yield values
+
+
+def _value_lines(text: str, width: int, sep: str) -> Iterator[tuple[str, list[str]]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line or line.isspace():
             continue
         values = line.split(sep, width - 1)
         if len(values) != width:
             raise ParseError(f"line {number} has {len(values)} fields, expected {width}: {line[:200]!r}")
-        yield values
+        yield line, values
 
 
 # A pass parses one row per job, and the same few states and exit codes over and over (PENDING,
@@ -97,22 +102,33 @@ def _column(fields: Sequence[str], name: str) -> int | None:
 def parse_squeue(text: str, fields: Sequence[str] = SQUEUE_FIELDS, sep: str = UNIT_SEPARATOR) -> list[SlurmJob]:
     """Parse ``squeue -h -t all -O <fields with sep>``; a pending array prints one row (task ``0-2``)."""
     make = _squeue_job_maker(fields)
-    return [make(row) for row in _squeue_rows(text, fields, sep)]
+    return [make(row) for _, row in _squeue_rows(text, fields, sep)]
 
 
 @without_collector  # a row per job, no cycles (provider.collector)
-def index_squeue(text: str, fields: Sequence[str] = SQUEUE_FIELDS, sep: str = UNIT_SEPARATOR) -> SqueueIndex:
+def index_squeue(
+    text: str,
+    fields: Sequence[str] = SQUEUE_FIELDS,
+    sep: str = UNIT_SEPARATOR,
+    known: Mapping[str, SlurmJob] | None = None,
+) -> SqueueIndex:
     """``parse_squeue`` keyed by every id a job answers to (``QueryResult.of``), each row made a job
-    only when looked up. Every row's shape is checked here, so bad output still fails the query."""
+    only when looked up. Every row's shape is checked here, so bad output still fails the query.
+
+    ``known`` is an earlier index's ``made`` (a line of squeue's output and the job it was made
+    into): an unchanged line is the very same job again, so a pass can tell at once that nothing
+    changed for it."""
     job_col = fields.index("JobID")
     array_col, task_col = _column(fields, "ArrayJobID"), _column(fields, "ArrayTaskID")
-    rows: dict[str, list[str]] = {}
-    for row in _squeue_rows(text, fields, sep):
+    rows: dict[str, str] = {}
+    for line, row in _squeue_rows(text, fields, sep):
         array = _clean(row[array_col]) if array_col is not None else None
         task = _clean(row[task_col]) if task_col is not None else None
         for key in job_keys(row[job_col].strip(), array, task):
-            rows.setdefault(key, row)
-    return SqueueIndex(rows, _squeue_job_maker(fields))
+            rows.setdefault(key, line)
+    maker = _squeue_job_maker(fields)
+    width = len(fields)
+    return SqueueIndex(rows, lambda line: maker(line.split(sep, width - 1)), known or {})
 
 
 class SqueueIndex(Mapping[str, SlurmJob]):
@@ -120,12 +136,13 @@ class SqueueIndex(Mapping[str, SlurmJob]):
     each of its ids). A pass looks up its own jobs only, and on a real cluster most of squeue's rows are
     other people's jobs: parsing all of them cost a 10,000-row pass 20 ms."""
 
-    __slots__ = ("_made", "_make", "_rows")
+    __slots__ = ("_known", "_make", "_rows", "made")
 
-    def __init__(self, rows: dict[str, list[str]], make: Callable[[list[str]], SlurmJob]) -> None:
+    def __init__(self, rows: dict[str, str], make: Callable[[str], SlurmJob], known: Mapping[str, SlurmJob]) -> None:
         self._rows = rows
-        self._made: dict[int, SlurmJob] = {}  # by id() of the row, which _rows keeps alive
         self._make = make
+        self._known = known
+        self.made: dict[str, SlurmJob] = {}  # by line: the next index's ``known``
 
     def __getitem__(self, key: str) -> SlurmJob:
         job = self.get(key)
@@ -135,12 +152,13 @@ class SqueueIndex(Mapping[str, SlurmJob]):
 
     def get(self, key: str, default: SlurmJob | None = None) -> SlurmJob | None:  # type: ignore[override]
         """Without a KeyError for a miss: a pass asks about every job it tracks, found or not."""
-        row = self._rows.get(key)
-        if row is None:
+        line = self._rows.get(key)
+        if line is None:
             return default
-        job = self._made.get(id(row))
+        job = self.made.get(line)
         if job is None:
-            job = self._made[id(row)] = self._make(row)
+            job = self._known.get(line) or self._make(line)
+            self.made[line] = job
         return job
 
     def __contains__(self, key: object) -> bool:
@@ -153,12 +171,13 @@ class SqueueIndex(Mapping[str, SlurmJob]):
         return len(self._rows)
 
 
-def _squeue_rows(text: str, fields: Sequence[str], sep: str) -> Iterator[list[str]]:
+def _squeue_rows(text: str, fields: Sequence[str], sep: str) -> Iterator[tuple[str, list[str]]]:
+    """Each line of squeue's output with its values, its job id checked."""
     job_col = fields.index("JobID")
-    for row in _value_rows(text, len(fields), sep):
+    for line, row in _value_lines(text, len(fields), sep):
         if not row[job_col].strip().isdigit():
             raise ParseError(f"squeue printed a job id that is not a number: {row[job_col].strip()!r}")
-        yield row
+        yield line, row
 
 
 def _squeue_job_maker(fields: Sequence[str]) -> Callable[[list[str]], SlurmJob]:
