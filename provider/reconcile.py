@@ -93,8 +93,11 @@ def split_by_listing(jobs: Iterable[TrackedJob], live: QueryResult) -> tuple[lis
     one lookup per job, so a pass can start sacct as soon as squeue has answered."""
     listed: list[tuple[TrackedJob, SlurmJob]] = []
     unlisted: list[TrackedJob] = []
+    if not live.ok:
+        return listed, list(jobs)
+    lookup = live.jobs.get
     for job in jobs:
-        found = listed_as_ours(job, live)
+        found = slurm_job_if_ours(job, lookup(job.slurm_id))
         if found is None:
             unlisted.append(job)
         else:
@@ -119,6 +122,11 @@ def observe(job: TrackedJob, live: QueryResult, history: QueryResult | None) -> 
     found = listed_as_ours(job, live)
     if found is not None:
         return observe_listed(found)
+    return observe_unlisted(job, live, history)
+
+
+def observe_unlisted(job: TrackedJob, live: QueryResult, history: QueryResult | None) -> Observation:
+    """``observe`` for a job slurmctld does not list as ours (or could not be asked about)."""
     if history is None or not history.ok:
         failed = live if not live.ok else history
         why = failed.error if failed is not None else "sacct was not asked"

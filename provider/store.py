@@ -330,20 +330,36 @@ class Store:
             return list(self._active_jobs().values())
 
     def has_active(self, ucloud_ids: Iterable[str] | None = None) -> bool:
-        """Whether any job (of ``ucloud_ids``, if given) is active. A pass with none asks Slurm nothing."""
+        """Whether any job (of ``ucloud_ids``, if given) is active; it stops at the first. A pass with
+        none asks Slurm nothing. It never loads the active jobs itself: a pass asks this first so that
+        squeue can run while they load."""
         with self._lock:
-            active = self._active_jobs()
-            return bool(active) if ucloud_ids is None else any(ucloud_id in active for ucloud_id in ucloud_ids)
+            if self._active_current():
+                assert self._active is not None
+                active = self._active
+                return bool(active) if ucloud_ids is None else any(ucloud_id in active for ucloud_id in ucloud_ids)
+        if ucloud_ids is None:
+            return bool(self._query("SELECT 1 FROM jobs WHERE state NOT IN (?, ?, ?) LIMIT 1", _FINAL))
+        ids = json.dumps(list(ucloud_ids))
+        return bool(
+            self._query(
+                "SELECT 1 FROM jobs WHERE ucloud_id IN (SELECT value FROM json_each(?)) AND state NOT IN (?, ?, ?) LIMIT 1",
+                (ids, *_FINAL),
+            )
+        )
+
+    def _active_current(self) -> bool:
+        """Whether the kept active jobs are what the file holds (hold the lock)."""
+        return self._active is not None and self._db.execute("PRAGMA data_version").fetchone()[0] == self._active_version
 
     @without_collector  # thousands of rows, no cycles (provider.collector)
     def _active_jobs(self) -> dict[str, TrackedJob]:
         """The active jobs by id, read from the file only when they are not known current (hold the lock)."""
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        if self._active is None or version != self._active_version:
+        if self._active is None or not self._active_current():
+            self._active_version = self._db.execute("PRAGMA data_version").fetchone()[0]
             rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state NOT IN (?, ?, ?) ORDER BY tracked_at", _FINAL)
             rows.row_factory = None
             self._active = {row[0]: _job_from_tuple(row) for row in rows}
-            self._active_version = version
         return self._active
 
     def all_jobs(self) -> list[TrackedJob]:

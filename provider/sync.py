@@ -10,6 +10,7 @@ same Slurm calls as a verify of one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,8 +28,8 @@ from provider.reconcile import (
     TrackedJob,
     decide_tracked,
     decide_untracked,
-    observe,
     observe_listed,
+    observe_unlisted,
     split_by_listing,
 )
 from provider.slurm.backend import SlurmBackend
@@ -274,26 +275,26 @@ class Synchronizer:
         event: at info while a pass has few (a job at a time, as usual), at debug when a pass has many
         (the first pass after an outage), where one JSON line per job would cost more than the pass."""
         logger = log.bind()  # bound once: each use of the module's lazy proxy binds anew (~3 us a call)
+        debugging = logger.is_enabled_for(logging.DEBUG)  # else no per-job debug line is even built
         changes = [d for d in report.decisions if d.update is not None]
-        detail = logger.info if len(changes) <= VERBOSE_UPDATES else logger.debug
+        verbose = len(changes) <= VERBOSE_UPDATES
         by_state: dict[str, list[str]] = {}
         for decision in changes:
             assert decision.update is not None
             state = decision.update.state.value if decision.update.state else "status"
             by_state.setdefault(state, []).append(decision.ucloud_id)
-            detail(
-                "job.update_queued",
-                ucloud_id=decision.ucloud_id,
-                slurm_id=decision.tracked.slurm_id if decision.tracked else None,
-                state=decision.update.state.value if decision.update.state else None,
-                reason=decision.reason,
-            )
+            if verbose or debugging:
+                (logger.info if verbose else logger.debug)(
+                    "job.update_queued",
+                    ucloud_id=decision.ucloud_id,
+                    slurm_id=decision.tracked.slurm_id if decision.tracked else None,
+                    state=decision.update.state.value if decision.update.state else None,
+                    reason=decision.reason,
+                )
         for decision in report.decisions:
-            if decision.update is not None:
-                continue
-            if decision.unmapped_state is not None:
+            if decision.unmapped_state is not None and decision.update is None:
                 logger.warning("slurm.state_unmapped", ucloud_id=decision.ucloud_id, slurm_state=decision.unmapped_state)
-            else:
+            elif debugging and decision.update is None:
                 logger.debug("job.checked", ucloud_id=decision.ucloud_id, reason=decision.reason)
         logger.info(
             "reconcile.pass",
@@ -360,7 +361,8 @@ class Synchronizer:
             asyncio.ensure_future(self.backend.finished_jobs([job.slurm_id for job in unlisted])) if unlisted else None
         )
         # While sacct runs (a subprocess: the loop is free), decide the jobs squeue answered for, a
-        # thousand at a time so that sacct's output is read as it comes.
+        # thousand at a time so that sacct's output is read as it comes; sacct is started first.
+        await asyncio.sleep(0)
         now = self._clock()
         settled: dict[str, Settled] = {}
         for start in range(0, len(listed), 1000):
@@ -381,7 +383,7 @@ class Synchronizer:
         now = self._clock()
         with collector_paused():
             rest = [
-                self._decide(job, pending.get(job.ucloud_id, AS_LAST_TOLD), observe(job, live, history), now)
+                self._decide(job, pending.get(job.ucloud_id, AS_LAST_TOLD), observe_unlisted(job, live, history), now)
                 for job in unlisted
             ]
         await storing

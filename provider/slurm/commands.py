@@ -20,7 +20,7 @@ from provider.slurm.parse import (
     parse_sacct_usage,
 )
 from provider.slurm.process import CommandTimeout, SlurmTools
-from provider.slurm.types import QueryResult, SlurmJob, is_valid_slurm_id
+from provider.slurm.types import SLURM_ID_PATTERN, QueryResult, SlurmJob, is_valid_slurm_id
 
 log = structlog.get_logger(__name__)
 
@@ -146,7 +146,7 @@ class CommandBackend(QueryBook):
         return QueryResult(ok=True, jobs=jobs)
 
     async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
-        ids = sorted({i for i in slurm_ids if is_valid_slurm_id(i)})
+        ids = sorted(set(filter(SLURM_ID_PATTERN.match, slurm_ids)))  # is_valid_slurm_id, at C speed
         found: list[SlurmJob] = []
         for chunk in id_chunks(ids):
             jobs = await self._query("sacct", sacct_args(chunk), parse_sacct)

@@ -69,18 +69,16 @@ def _rows(text: str, fields: Sequence[str], sep: str) -> list[dict[str, str]]:
 
 def _value_rows(text: str, width: int, sep: str) -> Iterator[list[str]]:
     """Each non-empty line split into exactly ``width`` values (the last field may hold the separator)."""
-    for _, values in _value_lines(text, width, sep):
-        yield values
-
-
-def _value_lines(text: str, width: int, sep: str) -> Iterator[tuple[str, list[str]]]:
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line or line.isspace():
-            continue
-        values = line.split(sep, width - 1)
-        if len(values) != width:
-            raise ParseError(f"line {number} has {len(values)} fields, expected {width}: {line[:200]!r}")
-        yield line, values
+        if line and not line.isspace():
+            yield _split_line(line, number, width, sep)
+
+
+def _split_line(line: str, number: int, width: int, sep: str) -> list[str]:
+    values = line.split(sep, width - 1)
+    if len(values) != width:
+        raise ParseError(f"line {number} has {len(values)} fields, expected {width}: {line[:200]!r}")
+    return values
 
 
 # A pass parses one row per job, and the same few states and exit codes over and over (PENDING,
@@ -101,8 +99,12 @@ def _column(fields: Sequence[str], name: str) -> int | None:
 
 def parse_squeue(text: str, fields: Sequence[str] = SQUEUE_FIELDS, sep: str = UNIT_SEPARATOR) -> list[SlurmJob]:
     """Parse ``squeue -h -t all -O <fields with sep>``; a pending array prints one row (task ``0-2``)."""
-    make = _squeue_job_maker(fields)
-    return [make(row) for _, row in _squeue_rows(text, fields, sep)]
+    make, job_col, width = _squeue_job_maker(fields), fields.index("JobID"), len(fields)
+    return [
+        make(_squeue_row(line, number, width, sep, job_col))
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line and not line.isspace()
+    ]
 
 
 @without_collector  # a row per job, no cycles (provider.collector)
@@ -116,19 +118,27 @@ def index_squeue(
     only when looked up. Every row's shape is checked here, so bad output still fails the query.
 
     ``known`` is an earlier index's ``made`` (a line of squeue's output and the job it was made
-    into): an unchanged line is the very same job again, so a pass can tell at once that nothing
-    changed for it."""
-    job_col = fields.index("JobID")
+    into): an unchanged line is the very same job again (checked then, its ids are the job's), so
+    a pass can tell at once that nothing changed for it."""
+    job_col, width = fields.index("JobID"), len(fields)
     array_col, task_col = _column(fields, "ArrayJobID"), _column(fields, "ArrayTaskID")
+    known = known or {}
     rows: dict[str, str] = {}
-    for line, row in _squeue_rows(text, fields, sep):
-        array = _clean(row[array_col]) if array_col is not None else None
-        task = _clean(row[task_col]) if task_col is not None else None
-        for key in job_keys(row[job_col].strip(), array, task):
+    for number, line in enumerate(text.splitlines(), start=1):
+        job = known.get(line)
+        if job is not None:
+            keys = job.keys
+        elif not line or line.isspace():
+            continue
+        else:
+            row = _squeue_row(line, number, width, sep, job_col)
+            array = _clean(row[array_col]) if array_col is not None else None
+            task = _clean(row[task_col]) if task_col is not None else None
+            keys = job_keys(row[job_col].strip(), array, task)
+        for key in keys:
             rows.setdefault(key, line)
     maker = _squeue_job_maker(fields)
-    width = len(fields)
-    return SqueueIndex(rows, lambda line: maker(line.split(sep, width - 1)), known or {})
+    return SqueueIndex(rows, lambda line: maker(line.split(sep, width - 1)), known)
 
 
 class SqueueIndex(Mapping[str, SlurmJob]):
@@ -171,13 +181,12 @@ class SqueueIndex(Mapping[str, SlurmJob]):
         return len(self._rows)
 
 
-def _squeue_rows(text: str, fields: Sequence[str], sep: str) -> Iterator[tuple[str, list[str]]]:
-    """Each line of squeue's output with its values, its job id checked."""
-    job_col = fields.index("JobID")
-    for line, row in _value_lines(text, len(fields), sep):
-        if not row[job_col].strip().isdigit():
-            raise ParseError(f"squeue printed a job id that is not a number: {row[job_col].strip()!r}")
-        yield line, row
+def _squeue_row(line: str, number: int, width: int, sep: str, job_col: int) -> list[str]:
+    """One line of squeue's output split into its values, its job id checked."""
+    row = _split_line(line, number, width, sep)
+    if not row[job_col].strip().isdigit():
+        raise ParseError(f"squeue printed a job id that is not a number: {row[job_col].strip()!r}")
+    return row
 
 
 def _squeue_job_maker(fields: Sequence[str]) -> Callable[[list[str]], SlurmJob]:
