@@ -362,13 +362,16 @@ class Synchronizer:
         )
         # While sacct runs (a subprocess: the loop is free), decide the jobs squeue answered for, a
         # thousand at a time so that sacct's output is read as it comes; sacct is started first.
-        await asyncio.sleep(0)
+        chunk = 1000 if asking is not None else max(1, len(listed))
+        if asking is not None:
+            await asyncio.sleep(0)
         now = self._clock()
         settled: dict[str, Settled] = {}
-        for start in range(0, len(listed), 1000):
+        for start in range(0, len(listed), chunk):
             with collector_paused():
-                decisions.extend(self._decide_listed(listed[start : start + 1000], pending, now, settled))
-            await asyncio.sleep(0)
+                decisions.extend(self._decide_listed(listed[start : start + chunk], pending, now, settled))
+            if asking is not None:
+                await asyncio.sleep(0)
         if include_active:  # a monitor pass sees every active job: what it settled is all there is
             self._settled, self._settled_by = settled, self.table
         if asking is None:
