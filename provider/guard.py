@@ -6,7 +6,7 @@ stops reading an unread body ``lingering_time`` after the answer, but a client t
 byte at a time, or that opens connections without end, is kept forever: each costs a socket, a parser
 with up to 1 MB of buffered header lines, and one of the process's file descriptors, which the daemon
 also needs for sbatch and SQLite. ``GuardedRequestHandler`` adds the two missing limits on top of
-aiohttp's own handler; the deadline for a body is ``[server] body_timeout`` in ``api.read_json``.
+aiohttp's own handler; the deadline for a body is ``[server] body_timeout`` in ``api.read_raw``.
 
 Over the cap a new connection is closed at once, before a byte is read: a client learns at once that
 the daemon is saturated (and Core retries), instead of waiting in a queue behind the connections that

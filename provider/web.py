@@ -94,7 +94,7 @@ async def errors_and_request_ids(request: web.Request, handler: Handler) -> web.
 
 @web.middleware
 async def request_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Headers a job can inherit are checked before any handler reads them (bodies: ``api.read_json``)."""
+    """Headers a job can inherit are checked before any handler reads them (bodies: ``api.read_raw``)."""
     if request.path.startswith("/ucloud/"):
         try:
             check_username_header(request.headers, request.app[LIMITS])
