@@ -143,7 +143,7 @@ class Synchronizer:
         self.passes = 0
         self.last_report: PassReport | None = None
         self._busy = False
-        self._settled: dict[str, Settled] = {}  # see _decide_listed
+        self._settled: dict[str, Settled] = {}  # see _unchanged
         self._settled_by: StateTable | None = None  # the table those decisions were made with
 
     @property
@@ -355,7 +355,10 @@ class Synchronizer:
             return PassReport(decisions)
 
         live = await (asking_live or self.backend.live_jobs())
+        settled: dict[str, Settled] = {}
         with collector_paused():
+            unchanged, to_observe = self._unchanged(to_observe, live, pending, settled)
+            decisions.extend(unchanged)
             listed, unlisted = split_by_listing(to_observe, live)
         asking = (
             asyncio.ensure_future(self.backend.finished_jobs([job.slurm_id for job in unlisted])) if unlisted else None
@@ -366,7 +369,6 @@ class Synchronizer:
         if asking is not None:
             await asyncio.sleep(0)
         now = self._clock()
-        settled: dict[str, Settled] = {}
         for start in range(0, len(listed), chunk):
             with collector_paused():
                 decisions.extend(self._decide_listed(listed[start : start + chunk], pending, now, settled))
@@ -416,6 +418,31 @@ class Synchronizer:
         to_observe.extend(active if not pending else (job for job in active if job.ucloud_id not in pending))
         return decisions, to_observe
 
+    def _unchanged(
+        self, jobs: list[TrackedJob], live: QueryResult, pending: Mapping[str, Belief], settled: dict[str, Settled]
+    ) -> tuple[list[Decision], list[TrackedJob]]:
+        """The decisions of the jobs nothing happened to, and the jobs left to decide.
+
+        A job that the previous monitor pass settled (no update, no change, no recheck), whose row and
+        squeue job are the very objects it saw (the store keeps unchanged rows, the backend unchanged
+        lines), and whose belief is still "as last told", gets that decision again without deciding:
+        the rules are pure, and a decision that needs nothing holds no time. In a quiet pass that is
+        every job, and the pass costs little more than squeue itself."""
+        before = self._settled if self._settled_by is self.table and live.ok else {}
+        if not before:
+            return [], jobs
+        lookup = live.jobs.get
+        again: list[Decision] = []
+        others: list[TrackedJob] = []
+        for job in jobs:
+            seen = before.get(job.ucloud_id)
+            if seen is not None and seen[0] is job and lookup(job.slurm_id) is seen[1] and job.ucloud_id not in pending:
+                again.append(seen[2])
+                settled[job.ucloud_id] = seen
+            else:
+                others.append(job)
+        return again, others
+
     def _decide_listed(
         self,
         listed: list[tuple[TrackedJob, SlurmJob]],
@@ -423,25 +450,12 @@ class Synchronizer:
         now: int,
         settled: dict[str, Settled],
     ) -> list[Decision]:
-        """Decide jobs squeue answered for, noting in ``settled`` those that need nothing.
-
-        A job that the previous monitor pass settled, whose row and squeue line are the very objects
-        it saw (the store keeps unchanged rows, the backend unchanged lines), gets that decision again
-        without deciding: the rules are pure, and a decision that needs nothing holds no time. In a
-        quiet pass that is every job, and the pass costs little more than squeue itself."""
-        before = self._settled if self._settled_by is self.table else {}
+        """Decide jobs squeue answered for, noting in ``settled`` those that need nothing (see _unchanged)."""
         decisions = []
         for job, found in listed:
             belief = pending.get(job.ucloud_id, AS_LAST_TOLD)
-            if belief is not AS_LAST_TOLD:
-                decisions.append(self._decide(job, belief, observe_listed(found), now))
-                continue
-            seen = before.get(job.ucloud_id)
-            if seen is not None and seen[0] is job and seen[1] is found:
-                decision = seen[2]
-            else:
-                decision = self._decide(job, belief, observe_listed(found), now)
-            if decision.update is None and not decision.changed and not decision.recheck:
+            decision = self._decide(job, belief, observe_listed(found), now)
+            if belief is AS_LAST_TOLD and decision.update is None and not decision.changed and not decision.recheck:
                 settled[job.ucloud_id] = (job, found, decision)
             decisions.append(decision)
         return decisions
