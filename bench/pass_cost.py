@@ -55,15 +55,6 @@ from provider.web import make_app
 HOUR_MS = 3_600_000
 
 
-async def median_ms(run: Callable[[], Awaitable[object]], repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        await run()
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
-
-
 def make_store(path: Path, finished: dict[str, str], held: dict[str, str]) -> None:
     """The job map as the daemon left it: held jobs IN_QUEUE, finished ones last seen RUNNING."""
     store = Store(path)
@@ -82,6 +73,8 @@ def synchronizer(store: Store, backend: CommandBackend) -> Synchronizer:
 
 
 async def pass_costs(n: int, jobs: BenchJobs, repeat: int, work: Path) -> dict[str, float]:
+    """Medians of ``repeat`` rounds; each round times every measurement once, in turn, so that the
+    machine's drift (these machines are shared) touches the raw calls and the passes alike."""
     finished, held = jobs.take(n)
     template = work / f"template-{n}.sqlite3"
     make_store(template, finished, held)
@@ -90,40 +83,47 @@ async def pass_costs(n: int, jobs: BenchJobs, repeat: int, work: Path) -> dict[s
     beliefs = {u: Belief(JobState.IN_QUEUE, now_ms() - HOUR_MS) for u in held} | {
         u: Belief(JobState.RUNNING, now_ms() - HOUR_MS) for u in finished
     }
+    samples: dict[str, list[float]] = {}
     result: dict[str, float] = {}
-    result["squeue"] = await median_ms(lambda: run_command(squeue_argv(), timeout=120, env=env), repeat)
-    result["sacct"] = await median_ms(lambda: run_command(sacct_argv(sorted(finished.values())), timeout=120, env=env), repeat)
 
-    async def fresh_pass(label: str, pending: dict[str, Belief], include_active: bool) -> None:
-        samples, calls, rows = [], 0.0, 0.0
-        for i in range(repeat):
-            path = work / f"{label}-{n}-{i}.sqlite3"
-            shutil.copy(template, path)
-            store = Store(path)
-            sync = synchronizer(store, backend)
-            before_calls, before_rows = sum(backend.calls.values()), store.rows_written
-            started = time.perf_counter()
-            await sync.run_pass(pending, include_active)
-            samples.append((time.perf_counter() - started) * 1000)
-            calls, rows = sum(backend.calls.values()) - before_calls, store.rows_written - before_rows
-            store.close()
-            path.unlink()
-        result[label], result[f"{label}_calls"], result[f"{label}_rows"] = statistics.median(samples), calls, rows
+    async def timed(label: str, run: Callable[[], Awaitable[object]]) -> None:
+        started = time.perf_counter()
+        await run()
+        samples.setdefault(label, []).append((time.perf_counter() - started) * 1000)
 
-    await fresh_pass("verify", beliefs, False)
-    await fresh_pass("monitor", {}, True)
+    async def fresh_pass(label: str, pending: dict[str, Belief], include_active: bool, i: int) -> None:
+        """A first pass over the map as the daemon left it, on a fresh copy of it."""
+        path = work / f"{label}-{n}-{i}.sqlite3"
+        shutil.copy(template, path)
+        store = Store(path)
+        sync = synchronizer(store, backend)
+        before_calls, before_rows = sum(backend.calls.values()), store.rows_written
+        await timed(label, lambda: sync.run_pass(pending, include_active))
+        result[f"{label}_calls"] = sum(backend.calls.values()) - before_calls
+        result[f"{label}_rows"] = store.rows_written - before_rows
+        store.close()
+        path.unlink()
+
     # Steady state: after one monitor pass the finished jobs are final; the held ones have not moved.
+    # Its raw side is squeue alone (every active job is in it).
     path = work / f"steady-{n}.sqlite3"
     shutil.copy(template, path)
-    store = Store(path)
-    sync = synchronizer(store, backend)
-    await sync.run_pass({}, True)
-    before_calls, before_rows = sum(backend.calls.values()), store.rows_written
-    result["steady"] = await median_ms(lambda: sync.run_pass({}, True), repeat)
-    result["steady_calls"] = (sum(backend.calls.values()) - before_calls) / repeat
-    result["steady_rows"] = (store.rows_written - before_rows) / repeat
-    # The raw side of a steady pass: squeue only (every active job is in it).
-    store.close()
+    steady_store = Store(path)
+    steady = synchronizer(steady_store, backend)
+    await steady.run_pass({}, True)
+    steady_calls = steady_rows = 0
+    for i in range(repeat):
+        await timed("squeue", lambda: run_command(squeue_argv(), timeout=120, env=env))
+        await timed("sacct", lambda: run_command(sacct_argv(sorted(finished.values())), timeout=120, env=env))
+        await fresh_pass("verify", beliefs, False, i)
+        await fresh_pass("monitor", {}, True, i)
+        before_calls, before_rows = sum(backend.calls.values()), steady_store.rows_written
+        await timed("steady", lambda: steady.run_pass({}, True))
+        steady_calls += sum(backend.calls.values()) - before_calls
+        steady_rows += steady_store.rows_written - before_rows
+    steady_store.close()
+    result["steady_calls"], result["steady_rows"] = steady_calls / repeat, steady_rows / repeat
+    result.update({label: statistics.median(values) for label, values in samples.items()})
     return result
 
 
