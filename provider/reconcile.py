@@ -83,11 +83,6 @@ def listed_as_ours(job: TrackedJob, live: QueryResult) -> SlurmJob | None:
     return slurm_job_if_ours(job, live.jobs.get(job.slurm_id)) if live.ok else None
 
 
-def needs_history(job: TrackedJob, live: QueryResult) -> bool:
-    """Whether sacct must be asked about this job: it is not (as ours) among slurmctld's jobs."""
-    return listed_as_ours(job, live) is None
-
-
 def split_by_listing(jobs: Iterable[TrackedJob], live: QueryResult) -> tuple[list[tuple[TrackedJob, SlurmJob]], list[TrackedJob]]:
     """The jobs slurmctld lists as ours, each with what it lists, and the others (sacct must be asked):
     one lookup per job, so a pass can start sacct as soon as squeue has answered."""

@@ -9,8 +9,8 @@ from provider.reconcile import (
     TrackedJob,
     decide_tracked,
     decide_untracked,
-    needs_history,
     observe,
+    split_by_listing,
 )
 from provider.slurm.types import QueryResult, SlurmJob, parse_state
 from provider.states import StateTable
@@ -131,7 +131,7 @@ def test_live_answer_wins() -> None:
 
 def test_a_reused_id_with_another_name_is_not_our_job() -> None:
     live = QueryResult.of([slurm("RUNNING", name="someone-else")])
-    assert needs_history(JOB, live)
+    assert split_by_listing([JOB], live) == ([], [JOB])  # sacct is asked about it
     obs = observe(JOB, live, QueryResult.of([slurm("RUNNING", name="someone-else")]))
     assert obs.seen is Seen.MISSING and "another job" in obs.detail
 
