@@ -252,7 +252,8 @@ class Synchronizer:
 
         async def keep(decisions: list[Decision]) -> None:
             nonlocal queued
-            queued += await asyncio.to_thread(self.store.apply, decisions, self._clock())
+            if decisions:
+                queued += await asyncio.to_thread(self.store.apply, decisions, self._clock())
 
         report = await self.plan(pending, include_active, keep=keep)
         self.passes += 1
@@ -358,7 +359,6 @@ class Synchronizer:
         settled: dict[str, Settled] = {}
         with collector_paused():
             unchanged, to_observe = self._unchanged(to_observe, live, pending, settled)
-            decisions.extend(unchanged)
             listed, unlisted = split_by_listing(to_observe, live)
         asking = (
             asyncio.ensure_future(self.backend.finished_jobs([job.slurm_id for job in unlisted])) if unlisted else None
@@ -376,9 +376,10 @@ class Synchronizer:
                 await asyncio.sleep(0)
         if include_active:  # a monitor pass sees every active job: what it settled is all there is
             self._settled, self._settled_by = settled, self.table
+        # The unchanged decisions need nothing stored (that is what settled them): they only join the report.
         if asking is None:
             await keep(decisions)
-            return PassReport(decisions, live.ok)
+            return PassReport(unchanged + decisions, live.ok)
         storing = asyncio.ensure_future(keep(decisions))  # in its thread, while sacct runs
         try:
             history = await asking
@@ -393,7 +394,7 @@ class Synchronizer:
             ]
         await storing
         await keep(rest)
-        return PassReport(decisions + rest, live.ok, history.ok)
+        return PassReport(unchanged + decisions + rest, live.ok, history.ok)
 
     def _triage(
         self, pending: Mapping[str, Belief], tracked: dict[str, TrackedJob], active: list[TrackedJob], now: int
