@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -140,7 +141,17 @@ def settings(work: Path, keys: DevCoreKeys, core_url: str, port: int, store: Pat
     }
 
 
-async def verify_1024(jobs: BenchJobs, work: Path) -> tuple[float, float]:
+SEED_JOB = Path(__file__).resolve().parent.parent / "tests" / "data" / "seed_verify_request.json"
+
+
+def seed_job(ucloud_id: str, state: str) -> dict[str, Any]:
+    """The Job of the seed's verify request (828 bytes of JSON) under another id and state."""
+    job: dict[str, Any] = json.loads(SEED_JOB.read_text())["items"][0]
+    job["id"], job["status"]["state"] = ucloud_id, state
+    return job
+
+
+async def verify_1024(jobs: BenchJobs, work: Path, make_job: Callable[[str, str], dict[str, Any]]) -> tuple[float, float]:
     """A verify of 1,024 finished jobs Core believes RUNNING: answer time, and time until Core has all."""
     finished, _ = jobs.take(2048)
     store_path = work / "verify-1024.sqlite3"
@@ -162,7 +173,7 @@ async def verify_1024(jobs: BenchJobs, work: Path) -> tuple[float, float]:
     gc.collect()
     gc.freeze()  # as serve does once it is ready (provider/daemon.py)
     core.requests.clear()  # the start-up pass's updates (``updates`` is a view of ``requests``)
-    bodies = [job_body(u, "RUNNING") for u in finished]  # Go Core's whole Job, some 7 KB each
+    bodies = [make_job(u, "RUNNING") for u in finished]
     body_file = work / "verify-1024.json"
     body_file.write_bytes(json.dumps({"items": bodies}).encode())
     # Core sends from its own process, as it does in reality: the daemon's loop does none of Core's
@@ -285,8 +296,10 @@ def main() -> int:
                 f"{r['verify_calls']:.0f}/{r['monitor_calls']:.0f}/{r['steady_calls']:.0f}"
             )
         print("(ms, medians; ratio = pass / raw squeue+sacct; a steady pass needs squeue only, so its ratio is to squeue)")
-        answered, delivered = asyncio.run(verify_1024(jobs, work))
-        print(f"verify of 1,024 jobs: answered in {answered:.0f} ms, every update at Core after {delivered:.0f} ms")
+        shapes = (("Go Core's whole Jobs, 7.5 MB", "go-jobs", job_body), ("the seed's Job, 0.85 MB", "seed-jobs", seed_job))
+        for shape, folder, make_job in shapes:
+            answered, delivered = asyncio.run(verify_1024(jobs, work / folder, make_job))
+            print(f"verify of 1,024 jobs ({shape}): answered in {answered:.0f} ms, every update at Core after {delivered:.0f} ms")
         for count in (int(x) for x in args.memory.split(",") if x):
             print(f"daemon tracking {count:,} active jobs: VmHWM {daemon_memory(count, work):.0f} MB after its first monitor pass")
     finally:
