@@ -15,7 +15,8 @@ squeue lists, each named with its UCloud id as the daemon names them) it times, 
 Then a verify of 1,024 jobs through the daemon's HTTP API with a stand-in Core (answer time, and the
 time until Core has every update), and the peak resident memory (VmHWM) of the daemon process
 tracking ``--memory`` active jobs after its first monitor pass. Compare ratios, not absolute times:
-the machines are shared and noisy. The held jobs stay for the next run (``--cancel`` removes them).
+the machines are shared and noisy. The held jobs are cancelled at the end (``--keep`` leaves them for
+the next run, which then submits none).
 """
 
 from __future__ import annotations
@@ -272,7 +273,7 @@ def main() -> int:
     parser.add_argument("--jobs", default="1000,5000,10000", help="tracked job counts (half finished, half held)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--memory", default="10000,100000", help="active jobs the daemon tracks for the memory rows")
-    parser.add_argument("--cancel", action="store_true", help="cancel the held jobs at the end")
+    parser.add_argument("--keep", action="store_true", help="leave the held jobs in Slurm for the next run")
     args = parser.parse_args()
     if not os.environ.get("SLURM_CONF"):
         print("set SLURM_CONF to a running cluster's slurm.conf", file=sys.stderr)
@@ -304,7 +305,7 @@ def main() -> int:
             print(f"daemon tracking {count:,} active jobs: VmHWM {daemon_memory(count, work):.0f} MB after its first monitor pass")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if args.cancel:
+        if not args.keep:
             cancel_held(jobs)
     return 0
 
