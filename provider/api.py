@@ -43,33 +43,25 @@ def error_response(status: int, why: str) -> web.Response:
 
 async def read_bulk(request: web.Request, model: type[Any]) -> Any:
     """Parse ``{"items": [...]}`` from the raw body; Core's Go client sends no Content-Type."""
-    raw = await read_raw(request)
-    with collector_paused():  # until the parsed tree is gone again: see read_raw
-        return _bulk(raw, request.app[LIMITS], model)
-
-
-def _bulk(raw: bytes, limits: RequestLimits, model: type[Any]) -> Any:
-    data = parse_body(raw, limits)
-    if not isinstance(data, dict) or "items" not in data:
-        raise ApiError(400, 'Invalid request supplied: expected an object {"items": [...]}')
-    return validated(BulkRequest[model], data)  # type: ignore[valid-type]
+    return await read_model(request, BulkRequest[model], bulk=True)  # type: ignore[valid-type]
 
 
 async def read_object(request: web.Request, model: type[Any]) -> Any:
     """Parse a body that is one JSON object, not a bulk envelope (requestDynamicParameters, init)."""
+    return await read_model(request, model, bulk=False)
+
+
+async def read_model(request: web.Request, model: type[Any], *, bulk: bool) -> Any:
     raw = await read_raw(request)
-    with collector_paused():
-        return _object(raw, request.app[LIMITS], model)
+    with collector_paused():  # until the parsed tree is gone again: see read_raw
+        return _validated(raw, request.app[LIMITS], model, bulk)
 
 
-def _object(raw: bytes, limits: RequestLimits, model: type[Any]) -> Any:
+def _validated(raw: bytes, limits: RequestLimits, model: type[Any], bulk: bool) -> Any:
     data = parse_body(raw, limits)
-    if not isinstance(data, dict):
-        raise ApiError(400, "Invalid request supplied: expected a JSON object")
-    return validated(model, data)
-
-
-def validated(model: type[Any], data: Any) -> Any:
+    if not isinstance(data, dict) or (bulk and "items" not in data):
+        expected = 'an object {"items": [...]}' if bulk else "a JSON object"
+        raise ApiError(400, f"Invalid request supplied: expected {expected}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -334,9 +334,8 @@ class Store:
         none asks Slurm nothing. It never loads the active jobs itself: a pass asks this first so that
         squeue can run while they load."""
         with self._lock:
-            if self._active_current():
-                assert self._active is not None
-                active = self._active
+            active = self._current_active()
+            if active is not None:
                 return bool(active) if ucloud_ids is None else any(ucloud_id in active for ucloud_id in ucloud_ids)
         if ucloud_ids is None:
             return bool(self._query("SELECT 1 FROM jobs WHERE state NOT IN (?, ?, ?) LIMIT 1", _FINAL))
@@ -348,19 +347,22 @@ class Store:
             )
         )
 
-    def _active_current(self) -> bool:
-        """Whether the kept active jobs are what the file holds (hold the lock)."""
-        return self._active is not None and self._db.execute("PRAGMA data_version").fetchone()[0] == self._active_version
+    def _current_active(self) -> dict[str, TrackedJob] | None:
+        """The kept active jobs if they are what the file holds, else None (hold the lock)."""
+        if self._active is None or self._db.execute("PRAGMA data_version").fetchone()[0] != self._active_version:
+            return None
+        return self._active
 
     @without_collector  # thousands of rows, no cycles (provider.collector)
     def _active_jobs(self) -> dict[str, TrackedJob]:
         """The active jobs by id, read from the file only when they are not known current (hold the lock)."""
-        if self._active is None or not self._active_current():
+        active = self._current_active()
+        if active is None:
             self._active_version = self._db.execute("PRAGMA data_version").fetchone()[0]
             rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state NOT IN (?, ?, ?) ORDER BY tracked_at", _FINAL)
             rows.row_factory = None
-            self._active = {row[0]: _job_from_tuple(row) for row in rows}
-        return self._active
+            active = self._active = {row[0]: _job_from_tuple(row) for row in rows}
+        return active
 
     def all_jobs(self) -> list[TrackedJob]:
         return [_job(r) for r in self._query("SELECT * FROM jobs ORDER BY tracked_at")]

@@ -20,7 +20,7 @@ from provider.slurm.parse import (
     parse_sacct_usage,
 )
 from provider.slurm.process import CommandTimeout, SlurmTools
-from provider.slurm.types import SLURM_ID_PATTERN, QueryResult, SlurmJob, is_valid_slurm_id
+from provider.slurm.types import QueryResult, SlurmJob, valid_slurm_ids
 
 log = structlog.get_logger(__name__)
 
@@ -146,7 +146,7 @@ class CommandBackend(QueryBook):
         return QueryResult(ok=True, jobs=jobs)
 
     async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
-        ids = sorted(set(filter(SLURM_ID_PATTERN.match, slurm_ids)))  # is_valid_slurm_id, at C speed
+        ids = valid_slurm_ids(slurm_ids)
         found: list[SlurmJob] = []
         for chunk in id_chunks(ids):
             jobs = await self._query("sacct", sacct_args(chunk), parse_sacct)
@@ -159,7 +159,7 @@ class CommandBackend(QueryBook):
         """Usage accounting's one sacct a pass (ids split only beyond ``SACCT_ID_CHARS_PER_CALL``):
         every record keyed by each id it answers to, or a sentence saying why the answer means nothing.
         Counted as the command ``sacct_usage``."""
-        ids = sorted({i for i in slurm_ids if is_valid_slurm_id(i)})
+        ids = valid_slurm_ids(slurm_ids)
         found: dict[str, UsageRecord] = {}
         for chunk in id_chunks(ids):
             records = await self._query("sacct_usage", sacct_usage_args(chunk), parse_sacct_usage, tool="sacct")
