@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import pytest
 
 from provider.reconcile import DebounceRules, Decision
 from provider.slurm.backend import QueryBook
@@ -128,4 +131,48 @@ async def test_a_quiet_pass_repeats_what_the_last_settled_and_decides_whatever_m
     sync.table = StateTable({"PENDING": "RUNNING"})  # decisions made with another table are not reused
     retold = by_job(await sync.run_pass({}, include_active=True))
     assert retold["0"].update is not None and retold["0"].update.state is JobState.RUNNING
+    store.close()
+
+
+class AnsweringSlurm(ListedSlurm):
+    """squeue lists some jobs, sacct others."""
+
+    def __init__(self, live: list[SlurmJob], history: list[SlurmJob]) -> None:
+        super().__init__(live)
+        self.history = history
+
+    async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
+        self.calls["sacct"] += 1
+        return QueryResult.of([job for job in self.history if job.job_id in slurm_ids])
+
+
+async def test_a_pass_failing_between_its_two_batches_loses_no_update_and_sends_none_twice(tmp_path: Path) -> None:
+    """A pass stores what squeue answered (while sacct runs), then what sacct answered. If the second
+    write fails (a full disk, the daemon killed), the first batch's rows and updates are in; the next
+    pass decides the rest, and every update is queued exactly once."""
+    store = Store(tmp_path / "s.sqlite3")
+    now = int(time.time() * 1000)
+    store.track(ucloud_id="a", slurm_id="41", cluster="", expected_name="a", submitted_at=now, now=now)
+    store.track(ucloud_id="b", slurm_id="42", cluster="", expected_name="b", submitted_at=now, now=now, state=JobState.RUNNING)
+    backend = AnsweringSlurm([SlurmJob("41", parse_state("RUNNING"), name="a")], [SlurmJob("42", parse_state("COMPLETED"), name="b")])
+    sync = Synchronizer(store, backend, StateTable(), DebounceRules())
+    apply, writes = store.apply, []
+
+    def second_write_fails(decisions: list[Decision], at: int) -> int:
+        writes.append([d.ucloud_id for d in decisions])
+        if len(writes) == 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        return apply(decisions, at)
+
+    store.apply = second_write_fails  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        await sync.run_pass({}, include_active=True)
+    assert writes == [["a"], ["b"]]
+    assert [(i.ucloud_id, i.update["state"]) for i in store.outbox_peek(10)] == [("a", "RUNNING")]
+
+    store.apply = apply  # type: ignore[method-assign]
+    await sync.run_pass({}, include_active=True)
+    queued = [(i.ucloud_id, i.update["state"]) for i in store.outbox_peek(10)]
+    assert queued == [("a", "RUNNING"), ("b", "SUCCESS")]
+    assert [(j.ucloud_id, j.state) for j in store.active()] == [("a", JobState.RUNNING)]  # b is final
     store.close()
