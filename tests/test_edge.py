@@ -6,11 +6,15 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from provider import edge
 from provider.config import ServerSection
-from provider.edge import Refused, RequestLimits, check_username_header, parse_json_body
+from provider.edge import Refused, RequestLimits, check_username_header, parse_json_body, scan_raw
 from provider.ucloud.devcore import job_body
 
 LIMITS = RequestLimits.from_settings(ServerSection())
@@ -141,3 +145,90 @@ def test_a_plain_username_header_passes() -> None:
     check_username_header({}, LIMITS)
     with pytest.raises(Refused, match="not valid base64"):
         check_username_header({"ucloud-username": "not base64!"}, LIMITS)
+
+
+# The bytes' proof (edge._proved_within_limits) lets a body skip the tree walk. It may only ever save
+# time: every answer, a refusal's words included, is the one the walk gives.
+
+TINY = RequestLimits(max_body_bytes=1 << 20, max_depth=4, max_items=3, max_values=40, max_string_bytes=8, body_timeout=1.0)
+SEED_VERIFY = Path(__file__).parent / "data" / "seed_verify_request.json"
+
+
+def verdict(raw: bytes, limits: RequestLimits) -> object:
+    try:
+        return ("accepted", repr(parse_json_body(raw, limits)))
+    except Refused as exc:
+        return ("refused", str(exc))
+
+
+def verdict_after_the_walk(raw: bytes, limits: RequestLimits, monkeypatch: pytest.MonkeyPatch) -> object:
+    with monkeypatch.context() as patched:
+        patched.setattr(edge, "_proved_within_limits", lambda raw, limits: False)
+        return verdict(raw, limits)
+
+
+_text = st.text(alphabet=st.sampled_from('a",[]{}\\\x00é😀\n '), max_size=10) | st.text(alphabet="a,[]{}é ", max_size=10)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | _text,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_text, inner, max_size=5),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=3000, derandomize=True, deadline=None, database=None)
+@given(value=_json, ascii_only=st.booleans(), indent=st.sampled_from([None, 0, 1]))
+def test_the_bytes_proof_never_changes_an_answer(value: object, ascii_only: bool, indent: int | None) -> None:
+    """Random bodies around tiny limits (3 entries, 8-byte strings, depth 4, 40 values), strings full of
+    quotes, brackets, commas, backslashes and escapes: the answer with the proof is the walk's."""
+    raw = json.dumps(value, ensure_ascii=ascii_only, indent=indent).encode()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert verdict(raw, TINY) == verdict_after_the_walk(raw, TINY, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    ("raw", "refused"),
+    [
+        (b'[[1,2],3,[4]]', None),  # three entries, the children's brackets between them
+        (b'[[1,2],3,[4],5]', "max_items"),  # four, in three runs until the children are peeled
+        (b'{"a":{"b":[1,[2]]}}', None),  # four levels
+        (b'{"a":{"b":[1,[[2]]]}}', "max_depth"),
+        (b'["12345678"]', None),
+        (b'["123456789"]', "max_string_bytes"),
+        (b'{"123456789":1}', "max_string_bytes"),
+        (b'["\\u00e9\\u00e9\\u00e9\\u00e9"]', None),  # 24 bytes of escapes, 8 of UTF-8: the walk decides
+    ],
+)
+def test_bodies_at_and_over_each_limit(raw: bytes, refused: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = verdict(raw, TINY)
+    assert answer == verdict_after_the_walk(raw, TINY, monkeypatch)
+    if refused:
+        assert answer[0] == "refused" and f"[server] {refused}" in answer[1]  # type: ignore[index]
+    else:
+        assert answer[0] == "accepted"
+
+
+@pytest.mark.parametrize("shape", ["Go Core's whole Jobs", "the seed's Job", "Core's largest bulk"])
+def test_core_s_bodies_are_proved_by_their_bytes_and_skip_the_walk(shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What makes a verify of 1,024 whole Jobs cheap (docs/admin.md): Core's bodies need no walk."""
+    if shape == "Go Core's whole Jobs":
+        body = json.dumps({"items": [job_body(str(81_000_000 + i), "RUNNING") for i in range(1024)]}).encode()
+    elif shape == "the seed's Job":
+        body = SEED_VERIFY.read_bytes()
+    else:
+        body = json.dumps({"items": [core_job(n) for n in range(1000)]}).encode()
+    walks: list[object] = []
+    monkeypatch.setattr(edge, "check_tree", lambda *args, **kwargs: walks.append(args))
+    assert scan_raw(body, LIMITS) is True
+    assert parse_json_body(body, LIMITS) == json.loads(body)
+    assert walks == []
+
+
+def test_a_body_the_bytes_cannot_prove_is_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    walks: list[object] = []
+    monkeypatch.setattr(edge, "check_tree", lambda *args, **kwargs: walks.append(args))
+    unproved = (b'{"items":["a \\"quoted\\" word"]}', b'{"items":["\\ud83d\\ude00"]}', b'{"items":[' + b" " * 70_000 + b"1]}")
+    for raw in unproved:  # an escaped quote; an escape that may be a surrogate or a NUL; a run the size of a too long string
+        parse_json_body(raw, LIMITS)
+    assert len(walks) == len(unproved)
+    parse_json_body(b'{"items":["a, [b] or {c}", "\\n"]}', LIMITS)
+    assert len(walks) == len(unproved)
