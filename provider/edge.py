@@ -6,8 +6,10 @@ three cheap steps, each once, before pydantic validates a single item:
 
 1. ``scan_raw`` on the bytes, before any parser: size, nesting depth and number of values, counted on
    the raw bytes at C speed, so a 200,000-deep array is never parsed (the parsers recurse) and a body
-   of ``[{},{},...]`` (25 times its size as Python objects) is refused while it is still bytes. Brackets
-   and commas inside strings only make the first count high; the exact count, with string literals
+   of ``[{},{},...]`` (25 times its size as Python objects) is refused while it is still bytes. For
+   the common body (no escaped quote in it, as in Core's Jobs) the bytes also prove, or fail to
+   prove, every entry count and string size (``_proved_within_limits``); otherwise brackets and
+   commas inside strings only make a first count high, and the exact count, with string literals
    blanked out, runs only for a body whose first count is over the limit.
 2. ``orjson.loads`` (strict UTF-8, no ``NaN``/``Infinity``, no lone surrogate): 28 ms for 7.5 MB of
    Core's Jobs where the standard library takes 41 (both with the collector paused, see below). A
@@ -19,6 +21,10 @@ three cheap steps, each once, before pydantic validates a single item:
    the size of every string and key, integers outside int64 (Core's Go types) and non-finite numbers.
    A 500,000-item ``{"items":[...]}`` is refused at its first node. NUL and lone surrogates can only
    arrive as ``\\u`` escapes, so strings are searched for them only when the raw bytes hold such an escape.
+   The walk is skipped when it could find nothing: the bytes proved the sizes in step 1, orjson made
+   the tree (so every number is a finite double or fits in int64) and no such escape is in the body.
+   For 1,024 of Go Core's Jobs the walk costs 40 ms and the proof 20. The proof refuses nothing: a
+   refusal comes from an exact count or from the walk, in the same words whether or not it ran.
 
 Each refusal is a ``Refused`` whose message names the ``[server]`` key that set the limit.
 """
