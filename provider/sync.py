@@ -145,6 +145,7 @@ class Synchronizer:
         self._busy = False
         self._settled: dict[str, Settled] = {}  # see _unchanged
         self._settled_by: StateTable | None = None  # the table those decisions were made with
+        self._settled_from: Mapping[str, SlurmJob] | None = None  # and squeue's answer they saw
 
     @property
     def idle(self) -> bool:
@@ -375,7 +376,7 @@ class Synchronizer:
             if asking is not None:
                 await asyncio.sleep(0)
         if include_active:  # a monitor pass sees every active job: what it settled is all there is
-            self._settled, self._settled_by = settled, self.table
+            self._settled, self._settled_by, self._settled_from = settled, self.table, live.jobs
         # The unchanged decisions need nothing stored (that is what settled them): they only join the report.
         if asking is None:
             await keep(decisions)
@@ -432,12 +433,20 @@ class Synchronizer:
         before = self._settled if self._settled_by is self.table and live.ok else {}
         if not before:
             return [], jobs
+        # squeue answered exactly as last time (its index is the very same object): each job's squeue
+        # job is then the one it settled with, without asking the index.
+        same_answer = live.jobs is self._settled_from
         lookup = live.jobs.get
         again: list[Decision] = []
         others: list[TrackedJob] = []
         for job in jobs:
             seen = before.get(job.ucloud_id)
-            if seen is not None and seen[0] is job and lookup(job.slurm_id) is seen[1] and job.ucloud_id not in pending:
+            if (
+                seen is not None
+                and seen[0] is job
+                and (same_answer or lookup(job.slurm_id) is seen[1])
+                and job.ucloud_id not in pending
+            ):
                 again.append(seen[2])
                 settled[job.ucloud_id] = seen
             else:

@@ -117,12 +117,27 @@ def test_an_unchanged_squeue_line_is_the_same_job_in_the_next_answer() -> None:
     first = index_squeue("7\x1f7\x1fN/A\x1fPENDING\x1fPriority\x1f0\x1fa\n8\x1f8\x1fN/A\x1fPENDING\x1fPriority\x1f0\x1fb\n")
     seven, eight = first["7"], first["8"]
     second = index_squeue(
-        "7\x1f7\x1fN/A\x1fPENDING\x1fPriority\x1f0\x1fa\n8\x1f8\x1fN/A\x1fRUNNING\x1fNone\x1f0\x1fb\n", known=first.made
+        "7\x1f7\x1fN/A\x1fPENDING\x1fPriority\x1f0\x1fa\n8\x1f8\x1fN/A\x1fRUNNING\x1fNone\x1f0\x1fb\n", previous=first
     )
     assert second["7"] is seven
     assert second["8"] is not eight and second["8"].state.label == "RUNNING"
-    third = index_squeue("7\x1f7\x1fN/A\x1fPENDING\x1fPriority\x1f0\x1fa\n", known=second.made)
+    third = index_squeue("7\x1f7\x1fN/A\x1fPENDING\x1fPriority\x1f0\x1fa\n", previous=second)
     assert third["7"] is seven and list(third.made.values()) == [seven]  # only what a pass looked up is kept
+
+
+def test_an_unchanged_squeue_answer_is_the_same_index_and_any_change_is_a_new_one() -> None:
+    """A quiet cluster: squeue answers as it did, so the last index is the answer, its jobs the same
+    objects. A changed line, a line more or fewer, or the same lines in another order make a new index."""
+    text = "7\x1f7\x1fN/A\x1fPENDING\x1fPriority\x1f0\x1fa\n8\x1f8\x1fN/A\x1fPENDING\x1fPriority\x1f0\x1fb\n"
+    first = index_squeue(text)
+    seven = first["7"]
+    again = index_squeue(str(text.encode().decode()), previous=first)  # equal text, another string
+    assert again is first and again["7"] is seven
+    lines = text.splitlines(keepends=True)
+    for changed in (text.replace("PENDING", "RUNNING", 1), text + text[:-1].replace("7", "9"), lines[0], lines[1] + lines[0]):
+        other = index_squeue(changed, previous=first)
+        assert other is not first and dict(other) == dict(index_squeue(changed))
+    assert index_squeue(lines[1] + lines[0], previous=first)["7"] is seven  # reordered: the same line, the same job
 
 
 def test_a_bad_squeue_row_fails_the_index_at_once() -> None:

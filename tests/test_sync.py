@@ -134,6 +134,49 @@ async def test_a_quiet_pass_repeats_what_the_last_settled_and_decides_whatever_m
     store.close()
 
 
+async def test_a_quiet_cluster_repeats_the_settled_through_squeue_s_own_answer(tmp_path: Path) -> None:
+    """The real backend over a stand-in ``squeue`` that prints a file: while the file stays the same,
+    the answer is the very same index and the settled decisions repeat; a row another connection
+    changed is decided anew all the same, and so is a job whose line changed."""
+    answer = tmp_path / "squeue.out"
+    squeue = tmp_path / "squeue"
+    squeue.write_text(f"#!/bin/sh\nexec cat {answer}\n")
+    squeue.chmod(0o755)
+
+    def lines(states: dict[str, str]) -> str:  # squeue's fields: JobID ArrayJobID ArrayTaskID State Reason exit_code Name
+        return "".join(f"{40 + int(n)}\x1f{40 + int(n)}\x1fN/A\x1f{state}\x1fNone\x1f0:0\x1f{n}\n" for n, state in states.items())
+
+    path = tmp_path / "s.sqlite3"
+    store = Store(path)
+    now = int(time.time() * 1000)
+    for n in "012":
+        store.track(ucloud_id=n, slurm_id=str(40 + int(n)), cluster="", expected_name=n, submitted_at=now, now=now)
+    answer.write_text(lines({"0": "PENDING", "1": "PENDING", "2": "PENDING"}))
+    backend = CommandBackend(bin_dir=str(tmp_path), timeout=5)
+    sync = Synchronizer(store, backend, StateTable(), DebounceRules())
+
+    def by_job(report: PassReport) -> dict[str, Decision]:
+        return {d.ucloud_id: d for d in report.decisions}
+
+    await sync.run_pass({}, include_active=True)
+    settled = by_job(await sync.run_pass({}, include_active=True))
+    quiet = by_job(await sync.run_pass({}, include_active=True))
+    assert all(quiet[n] is settled[n] for n in "012") and backend.calls["squeue"] == 3
+
+    other = Store(path)  # an admin's command on the file: Core was told RUNNING about job 2
+    (row,) = [job for job in other.active() if job.ucloud_id == "2"]
+    other.apply([Decision("2", "admin", tracked=row._replace(state=JobState.RUNNING))], now)
+    other.close()
+    reread = by_job(await sync.run_pass({}, include_active=True))  # squeue's answer: the same as before
+    assert reread["2"].update is not None and reread["2"].update.state is JobState.IN_QUEUE
+
+    answer.write_text(lines({"0": "PENDING", "1": "RUNNING", "2": "PENDING"}))
+    moved = by_job(await sync.run_pass({}, include_active=True))
+    assert moved["1"].update is not None and moved["1"].update.state is JobState.RUNNING
+    assert moved["0"].update is None and moved["2"].update is None
+    store.close()
+
+
 class AnsweringSlurm(ListedSlurm):
     """squeue lists some jobs, sacct others."""
 

@@ -15,6 +15,7 @@ from provider.slurm.parse import (
     SQUEUE_FIELDS,
     UNIT_SEPARATOR,
     ParseError,
+    SqueueIndex,
     index_squeue,
     parse_sacct,
     parse_sacct_usage,
@@ -102,7 +103,7 @@ class CommandBackend(QueryBook):
         self._tools = SlurmTools(bin_dir=bin_dir, slurm_conf=slurm_conf, timeout=timeout)
         self._timeout = timeout
         self.accounting_disabled = False
-        self._known_lines: dict[str, SlurmJob] = {}  # squeue lines the latest answer made jobs of
+        self._last_squeue: SqueueIndex | None = None  # the latest answer: the next one starts from it
 
     async def _query(
         self, command: str, args: list[str], parse: Callable[[str], Parsed], *, tool: str = ""
@@ -139,10 +140,10 @@ class CommandBackend(QueryBook):
             return f"{command} output could not be parsed: {exc}"
 
     async def live_jobs(self) -> QueryResult:
-        jobs = await self._query("squeue", squeue_args(), lambda text: index_squeue(text, known=self._known_lines))
+        jobs = await self._query("squeue", squeue_args(), lambda text: index_squeue(text, previous=self._last_squeue))
         if isinstance(jobs, str):
             return QueryResult.failed(jobs)
-        self._known_lines = jobs.made  # filled as this answer is looked up; the next one starts from it
+        self._last_squeue = jobs  # its ``made`` fills as this answer is looked up
         return QueryResult(ok=True, jobs=jobs)
 
     async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:

@@ -112,19 +112,23 @@ def index_squeue(
     text: str,
     fields: Sequence[str] = SQUEUE_FIELDS,
     sep: str = UNIT_SEPARATOR,
-    known: Mapping[str, SlurmJob] | None = None,
+    previous: SqueueIndex | None = None,
 ) -> SqueueIndex:
     """``parse_squeue`` keyed by every id a job answers to (``QueryResult.of``), each row made a job
     only when looked up. Every row's shape is checked here, so bad output still fails the query.
 
-    ``known`` is an earlier index's ``made`` (a line of squeue's output and the job it was made
-    into): an unchanged line is the very same job again (checked then, its ids are the job's), so
-    a pass can tell at once that nothing changed for it."""
+    ``previous`` is the index of squeue's last answer (with the same fields): an unchanged line is
+    the very same job again (checked then, its ids are the job's), so a pass can tell at once that
+    nothing changed for it; an answer whose every line is unchanged, in order, is that very index
+    (a quiet cluster: the lines are compared at C speed, nothing is split)."""
+    lines = text.splitlines()
+    if previous is not None and lines == previous.lines:
+        return previous
     job_col, width = fields.index("JobID"), len(fields)
     array_col, task_col = _column(fields, "ArrayJobID"), _column(fields, "ArrayTaskID")
-    known = known or {}
+    known = previous.made if previous is not None else {}
     rows: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         job = known.get(line)
         if job is not None:
             keys = job.keys
@@ -138,7 +142,7 @@ def index_squeue(
         for key in keys:
             rows.setdefault(key, line)
     maker = _squeue_job_maker(fields)
-    return SqueueIndex(rows, lambda line: maker(line.split(sep, width - 1)), known)
+    return SqueueIndex(lines, rows, lambda line: maker(line.split(sep, width - 1)), known)
 
 
 class SqueueIndex(Mapping[str, SlurmJob]):
@@ -146,13 +150,16 @@ class SqueueIndex(Mapping[str, SlurmJob]):
     each of its ids). A pass looks up its own jobs only, and on a real cluster most of squeue's rows are
     other people's jobs: parsing all of them cost a 10,000-row pass 20 ms."""
 
-    __slots__ = ("_known", "_make", "_rows", "made")
+    __slots__ = ("_known", "_make", "_rows", "lines", "made")
 
-    def __init__(self, rows: dict[str, str], make: Callable[[str], SlurmJob], known: Mapping[str, SlurmJob]) -> None:
+    def __init__(
+        self, lines: list[str], rows: dict[str, str], make: Callable[[str], SlurmJob], known: Mapping[str, SlurmJob]
+    ) -> None:
+        self.lines = lines  # squeue's output, line by line (the same strings as the rows'): the next index compares them
         self._rows = rows
         self._make = make
         self._known = known
-        self.made: dict[str, SlurmJob] = {}  # by line: the next index's ``known``
+        self.made: dict[str, SlurmJob] = {}  # by line: what the next index starts from
 
     def __getitem__(self, key: str) -> SlurmJob:
         job = self.get(key)
