@@ -182,7 +182,10 @@ def _proved_within_limits(raw: bytes, limits: RequestLimits) -> bool:
     measures the exact way and walks the tree, so a refusal and its message never come from here.
     The peel's work is bounded by ``_PEEL_BUDGET`` times the shape's size (Core's Jobs take 2.4 times).
     """
-    if b'\\"' in raw:  # an escaped quote (or a string ending in a backslash): quotes alone do not delimit
+    # An escaped quote (or a string ending in a backslash): quotes alone do not delimit strings. Any
+    # backslash is looked for first, a memchr (0.3 ms for 7.5 MB); a search for the pair stops at
+    # every quote (6 ms), and a body with no escape at all (the bench's Go Jobs) is spared it.
+    if b"\\" in raw and b'\\"' in raw:
         return False
     marked = raw.translate(_SHAPE_MARKS)  # quotes, commas and brackets; every other byte an "a"
     shape = marked.translate(_OBJECTS_AS_ARRAYS, b"a").replace(b'""', b"")
