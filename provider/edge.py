@@ -7,10 +7,10 @@ three cheap steps, each once, before pydantic validates a single item:
 1. ``scan_raw`` on the bytes, before any parser: size, nesting depth and number of values, counted on
    the raw bytes at C speed, so a 200,000-deep array is never parsed (the parsers recurse) and a body
    of ``[{},{},...]`` (25 times its size as Python objects) is refused while it is still bytes. For
-   the common body (no escaped quote in it, as in Core's Jobs) the bytes also prove, or fail to
-   prove, every entry count and string size (``_proved_within_limits``); otherwise brackets and
-   commas inside strings only make a first count high, and the exact count, with string literals
-   blanked out, runs only for a body whose first count is over the limit.
+   most bodies within the limits, Core's among them, the bytes also prove every entry count and
+   string size (``_proved_within_limits``); for the others, brackets and commas inside strings only
+   make a first count high, and the exact count, with string literals blanked out, runs only for a
+   body whose first count is over the limit.
 2. ``orjson.loads`` (strict UTF-8, no ``NaN``/``Infinity``, no lone surrogate): 28 ms for 7.5 MB of
    Core's Jobs where the standard library takes 41 (both with the collector paused, see below). A
    body orjson refuses, or one with a run of 19 or more digits (orjson turns an integer beyond 64 bits
@@ -168,10 +168,11 @@ def _proved_within_limits(raw: bytes, limits: RequestLimits) -> bool:
     """Whether the bytes alone prove what ``check_tree`` would measure of the parsed body: the value
     count, the depth, the entries of every array and object, the size of every string and key.
 
-    It holds for the common body, one whose strings hold no escaped quote (Core's Jobs). Then every
-    quote byte opens or closes a string, and deleting the strings leaves the body's exact shape: its
-    commas and brackets. Most strings hold no comma or bracket and leave two adjacent quotes, deleted
-    as a pair; two adjacent quotes are an empty string, or the end of one string and the start of the
+    With its escaped backslashes, then its escaped quotes, made two plain bytes each (in JSON a
+    backslash only ever starts an escape, so a left-to-right search for the pair finds exactly the
+    escaped ones), every quote byte opens or closes a string, and deleting the strings leaves the body's exact shape: its commas and
+    brackets. Most strings hold no comma or bracket and leave two adjacent quotes, deleted as a
+    pair; two adjacent quotes are an empty string, or the end of one string and the start of the
     next with nothing between them, so the quotes left still pair up around what strings hold.
     Peeling the innermost containers off the shape, a level at a time, counts the levels (the depth);
     once its children are peeled, a container's own commas stand in one run, so a run of
@@ -182,16 +183,14 @@ def _proved_within_limits(raw: bytes, limits: RequestLimits) -> bool:
     measures the exact way and walks the tree, so a refusal and its message never come from here.
     The peel's work is bounded by ``_PEEL_BUDGET`` times the shape's size (Core's Jobs take 2.4 times).
     """
-    # An escaped quote (or a string ending in a backslash): quotes alone do not delimit strings. Any
-    # backslash is looked for first, a memchr (0.3 ms for 7.5 MB); a search for the pair stops at
-    # every quote (6 ms), and a body with no escape at all (the bench's Go Jobs) is spared it.
-    if b"\\" in raw and b'\\"' in raw:
-        return False
-    marked = raw.translate(_SHAPE_MARKS)  # quotes, commas and brackets; every other byte an "a"
+    # Escaped backslashes, then escaped quotes, made two plain bytes each: as long as the body, and
+    # every quote left opens or closes a string. (A body without a backslash is found by a memchr.)
+    plain = raw.replace(b"\\\\", b"aa").replace(b'\\"', b"aa") if b"\\" in raw else raw
+    marked = plain.translate(_SHAPE_MARKS)  # quotes, commas and brackets; every other byte an "a"
     shape = marked.translate(_OBJECTS_AS_ARRAYS, b"a").replace(b'""', b"")
     if b'"' in shape:  # strings that hold commas or brackets: each pair of quotes left encloses only theirs
         shape = b"".join(shape.split(b'"')[::2])
-        marked = raw.translate(_QUOTE_MARKS)  # so that a run of "a"s is again at least a whole literal
+        marked = plain.translate(_QUOTE_MARKS)  # so that a run of "a"s is again at least a whole literal
     if b"a" * (limits.max_string_bytes + 1) in marked:  # a literal may be too long (or only a long number)
         return False
     if _value_count(shape) > limits.max_values:

@@ -4,6 +4,7 @@ and Core's largest realistic bulk passes."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -167,7 +168,11 @@ def verdict_after_the_walk(raw: bytes, limits: RequestLimits, monkeypatch: pytes
         return verdict(raw, limits)
 
 
-_text = st.text(alphabet=st.sampled_from('a",[]{}\\\x00é😀\n '), max_size=10) | st.text(alphabet="a,[]{}é ", max_size=10)
+_text = (
+    st.text(alphabet=st.sampled_from('a",[]{}\\\x00é😀\n '), max_size=10)
+    | st.text(alphabet="a,[]{}é ", max_size=10)
+    | st.text(alphabet='x"', max_size=3)  # escaped quotes: were they read as quotes, they would pair across values
+)
 _json = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | _text,
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_text, inner, max_size=5),
@@ -176,13 +181,15 @@ _json = st.recursive(
 
 
 @settings(max_examples=3000, derandomize=True, deadline=None, database=None)
-@given(value=_json, ascii_only=st.booleans(), indent=st.sampled_from([None, 0, 1]))
-def test_the_bytes_proof_never_changes_an_answer(value: object, ascii_only: bool, indent: int | None) -> None:
-    """Random bodies around tiny limits (3 entries, 8-byte strings, depth 4, 40 values), strings full of
-    quotes, brackets, commas, backslashes and escapes: the answer with the proof is the walk's."""
+@given(value=_json, ascii_only=st.booleans(), indent=st.sampled_from([None, 0, 1, 12]), roomy=st.booleans())
+def test_the_bytes_proof_never_changes_an_answer(value: object, ascii_only: bool, indent: int | None, roomy: bool) -> None:
+    """Random bodies around tiny limits (3 entries, depth 4, 40 values, strings of 8 bytes or, so that
+    indented bodies are proved too, 64), strings full of quotes, brackets, commas, backslashes and
+    escapes: the answer with the proof is the walk's."""
     raw = json.dumps(value, ensure_ascii=ascii_only, indent=indent).encode()
+    limits = dataclasses.replace(TINY, max_string_bytes=64) if roomy else TINY
     with pytest.MonkeyPatch.context() as monkeypatch:
-        assert verdict(raw, TINY) == verdict_after_the_walk(raw, TINY, monkeypatch)
+        assert verdict(raw, limits) == verdict_after_the_walk(raw, limits, monkeypatch)
 
 
 @pytest.mark.parametrize(
@@ -192,6 +199,7 @@ def test_the_bytes_proof_never_changes_an_answer(value: object, ascii_only: bool
         (b'[[1,2],3,[4],5]', "max_items"),  # four, in three runs until the children are peeled
         (b'{"a":{"b":[1,[2]]}}', None),  # four levels
         (b'{"a":{"b":[1,[[2]]]}}', "max_depth"),
+        (json.dumps([[[[1] * 3] * 3] * 3] * 3).encode(), "max_values"),  # 121 values, no container too big or deep
         (b'["12345678"]', None),
         (b'["123456789"]', "max_string_bytes"),
         (b'{"123456789":1}', "max_string_bytes"),
@@ -207,11 +215,35 @@ def test_bodies_at_and_over_each_limit(raw: bytes, refused: str | None, monkeypa
         assert answer[0] == "accepted"
 
 
-@pytest.mark.parametrize("shape", ["Go Core's whole Jobs", "the seed's Job", "Core's largest bulk"])
+@pytest.mark.parametrize(
+    ("raw", "refused"),
+    [
+        (b'["\\"",1,2,3,"\\""]', "max_items"),  # as quotes, they would hide the numbers in a string
+        (b'["' + b'\\"'.join([b"x" * 30] * 3) + b'"]', "max_string_bytes"),  # or cut this string in short ones
+        (b'["\\\\",1,2,3,"\\\\"]', "max_items"),  # a string ending in an escaped backslash ends there
+    ],
+)
+def test_escaped_quotes_are_never_read_as_quotes(raw: bytes, refused: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    roomy = dataclasses.replace(TINY, max_string_bytes=64)  # no run of bytes here is a string too long
+    answer = verdict(raw, roomy)
+    assert answer == verdict_after_the_walk(raw, roomy, monkeypatch)
+    assert answer[0] == "refused" and f"[server] {refused}" in answer[1]  # type: ignore[index]
+
+
+def core_job_with_escapes(n: int) -> dict[str, object]:
+    """Go Core's whole Job with what real text brings: quotes, backslashes, newlines, a tab."""
+    job = job_body(str(81_000_000 + n), "RUNNING")
+    job["specification"]["name"] = 'The "big" run\\n of C:\\data,\tday [1]\n'  # type: ignore[index]
+    return job
+
+
+@pytest.mark.parametrize("shape", ["Go Core's whole Jobs", "with escapes in its text", "the seed's Job", "Core's largest bulk"])
 def test_core_s_bodies_are_proved_by_their_bytes_and_skip_the_walk(shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """What makes a verify of 1,024 whole Jobs cheap (docs/admin.md): Core's bodies need no walk."""
     if shape == "Go Core's whole Jobs":
         body = json.dumps({"items": [job_body(str(81_000_000 + i), "RUNNING") for i in range(1024)]}).encode()
+    elif shape == "with escapes in its text":
+        body = json.dumps({"items": [core_job_with_escapes(i) for i in range(1024)]}).encode()
     elif shape == "the seed's Job":
         body = SEED_VERIFY.read_bytes()
     else:
@@ -226,9 +258,13 @@ def test_core_s_bodies_are_proved_by_their_bytes_and_skip_the_walk(shape: str, m
 def test_a_body_the_bytes_cannot_prove_is_walked(monkeypatch: pytest.MonkeyPatch) -> None:
     walks: list[object] = []
     monkeypatch.setattr(edge, "check_tree", lambda *args, **kwargs: walks.append(args))
-    unproved = (b'{"items":["a \\"quoted\\" word"]}', b'{"items":["\\ud83d\\ude00"]}', b'{"items":[' + b" " * 70_000 + b"1]}")
-    for raw in unproved:  # an escaped quote; an escape that may be a surrogate or a NUL; a run the size of a too long string
+    unproved = (
+        b'{"items":["\\ud83d\\ude00"]}',  # an escape that may be a lone surrogate (or a NUL): strings are searched
+        b'{"items":[' + b" " * 70_000 + b"1]}",  # a run of bytes as long as a string too long
+    )
+    for raw in unproved:
         parse_json_body(raw, LIMITS)
     assert len(walks) == len(unproved)
-    parse_json_body(b'{"items":["a, [b] or {c}", "\\n"]}', LIMITS)
+    proved = b'{"items":["a, [b] or {c}", "a \\"quoted\\" word\\\\", "\\n", "' + b"plain text " * 10 + b'"]}'
+    parse_json_body(proved, LIMITS)  # strings with commas, brackets and (some) escapes
     assert len(walks) == len(unproved)
