@@ -152,6 +152,14 @@ def seed_job(ucloud_id: str, state: str) -> dict[str, Any]:
     return job
 
 
+def job_with_escaped_text(ucloud_id: str, state: str) -> dict[str, Any]:
+    """Go Core's whole Job with a name as people write them: quotes, backslashes, a tab and newlines
+    (eight backslashes in its JSON), a comma and brackets."""
+    job = job_body(ucloud_id, state)
+    job["specification"]["name"] = 'The "big" run\\n of C:\\data,\tday [1]\n'
+    return job
+
+
 async def verify_1024(jobs: BenchJobs, work: Path, make_job: Callable[[str, str], dict[str, Any]]) -> tuple[float, float]:
     """A verify of 1,024 finished jobs Core believes RUNNING: answer time, and time until Core has all."""
     finished, _ = jobs.take(2048)
@@ -297,7 +305,11 @@ def main() -> int:
                 f"{r['verify_calls']:.0f}/{r['monitor_calls']:.0f}/{r['steady_calls']:.0f}"
             )
         print("(ms, medians; ratio = pass / raw squeue+sacct; a steady pass needs squeue only, so its ratio is to squeue)")
-        shapes = (("Go Core's whole Jobs, 7.5 MB", "go-jobs", job_body), ("the seed's Job, 0.85 MB", "seed-jobs", seed_job))
+        shapes = (
+            ("Go Core's whole Jobs, 7.5 MB", "go-jobs", job_body),
+            ("the same with text to escape", "escaped-jobs", job_with_escaped_text),
+            ("the seed's Job, 0.85 MB", "seed-jobs", seed_job),
+        )
         for shape, folder, make_job in shapes:
             answered, delivered = asyncio.run(verify_1024(jobs, work / folder, make_job))
             print(f"verify of 1,024 jobs ({shape}): answered in {answered:.0f} ms, every update at Core after {delivered:.0f} ms")

@@ -57,10 +57,12 @@ _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b",[]{}")
 # as arrays (a body that is JSON nests them properly, and the peel only counts levels and entries);
 # an innermost container, whose entries are all scalars.
 _SHAPE_MARKS = bytes(b if b in b'",[]{}' else ord("a") for b in range(256))
-_QUOTE_MARKS = bytes(b if b == ord('"') else ord("a") for b in range(256))
+_QUOTE_MARKS = bytes(b if b == ord('"') else ord("a") for b in range(256))  # runs between quotes
 _OBJECTS_AS_ARRAYS = bytes.maketrans(b"{}", b"[]")
 _INNERMOST_CONTAINER = re.compile(rb"\[,*\]")
 _PEEL_BUDGET = 4
+_BYTES_PER_ESCAPE = 64  # a body with more escapes than one in so many bytes is walked, not split up
+_QUOTE = ord('"')
 _BRACKET_STEP = [0] * 256
 for _byte in b"[{":
     _BRACKET_STEP[_byte] = 1
@@ -168,9 +170,8 @@ def _proved_within_limits(raw: bytes, limits: RequestLimits) -> bool:
     """Whether the bytes alone prove what ``check_tree`` would measure of the parsed body: the value
     count, the depth, the entries of every array and object, the size of every string and key.
 
-    With its escaped backslashes, then its escaped quotes, made two plain bytes each (in JSON a
-    backslash only ever starts an escape, so a left-to-right search for the pair finds exactly the
-    escaped ones), every quote byte opens or closes a string, and deleting the strings leaves the body's exact shape: its commas and
+    With its escapes made plain bytes (``_escapes_made_plain``), every quote byte opens or closes a
+    string, and deleting the strings leaves the body's exact shape: its commas and
     brackets. Most strings hold no comma or bracket and leave two adjacent quotes, deleted as a
     pair; two adjacent quotes are an empty string, or the end of one string and the start of the
     next with nothing between them, so the quotes left still pair up around what strings hold.
@@ -181,11 +182,14 @@ def _proved_within_limits(raw: bytes, limits: RequestLimits) -> bool:
 
     False whenever something is not proved (a body that is not JSON included); the caller then
     measures the exact way and walks the tree, so a refusal and its message never come from here.
-    The peel's work is bounded by ``_PEEL_BUDGET`` times the shape's size (Core's Jobs take 2.4 times).
+    The peel's work is bounded by ``_PEEL_BUDGET`` times the shape's size (Core's Jobs take 2.4 times),
+    the escapes' by ``_BYTES_PER_ESCAPE`` (a body denser in escapes is walked).
     """
-    # Escaped backslashes, then escaped quotes, made two plain bytes each: as long as the body, and
-    # every quote left opens or closes a string. (A body without a backslash is found by a memchr.)
-    plain = raw.replace(b"\\\\", b"aa").replace(b'\\"', b"aa") if b"\\" in raw else raw
+    plain = raw
+    if b"\\" in raw:  # a memchr: 0.3 ms for 7.5 MB
+        if raw.count(b"\\") > len(raw) // _BYTES_PER_ESCAPE:
+            return False
+        plain = _escapes_made_plain(raw)
     marked = plain.translate(_SHAPE_MARKS)  # quotes, commas and brackets; every other byte an "a"
     shape = marked.translate(_OBJECTS_AS_ARRAYS, b"a").replace(b'""', b"")
     if b'"' in shape:  # strings that hold commas or brackets: each pair of quotes left encloses only theirs
@@ -205,6 +209,24 @@ def _proved_within_limits(raw: bytes, limits: RequestLimits) -> bool:
             return False
         shape = _INNERMOST_CONTAINER.sub(b"", shape)
     return not shape
+
+
+def _escapes_made_plain(raw: bytes) -> bytes:
+    """``raw`` with every backslash, and every quote a backslash escapes, made an "a": as long, and
+    every quote left opens or closes a string. Escapes are read as a parser reads them, left to right:
+    a backslash escapes the byte after it, a backslash included. One split at C speed and a step per
+    escape (2 ms for the 8,192 of 1,024 Jobs with escaped text; replacing the pairs took 13)."""
+    pieces = raw.split(b"\\")
+    starts_escape = True  # whether the backslash before the piece starts an escape (or is one's escaped byte)
+    for i in range(1, len(pieces)):
+        piece = pieces[i]
+        if not starts_escape:
+            starts_escape = True
+        elif not piece:  # two backslashes in a row: the second is the escaped byte
+            starts_escape = False
+        elif piece[0] == _QUOTE:
+            pieces[i] = b"a" + piece[1:]
+    return b"a".join(pieces)
 
 
 def _value_count(structure: bytes) -> int:

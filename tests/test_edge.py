@@ -265,6 +265,6 @@ def test_a_body_the_bytes_cannot_prove_is_walked(monkeypatch: pytest.MonkeyPatch
     for raw in unproved:
         parse_json_body(raw, LIMITS)
     assert len(walks) == len(unproved)
-    proved = b'{"items":["a, [b] or {c}", "a \\"quoted\\" word\\\\", "\\n", "' + b"plain text " * 10 + b'"]}'
+    proved = b'{"items":["a, [b] or {c}", "a \\"quoted\\" word\\\\", "\\n", "' + b"plain text " * 40 + b'"]}'
     parse_json_body(proved, LIMITS)  # strings with commas, brackets and (some) escapes
     assert len(walks) == len(unproved)
