@@ -25,7 +25,11 @@ class SlurmBackend(Protocol):
     observer: Callable[[str, float], None]  # told each query's command and wall time
 
     async def live_jobs(self) -> QueryResult:
-        """Every job slurmctld still holds, finished ones included (until MinJobAge)."""
+        """Every job slurmctld still holds, finished ones included (until MinJobAge).
+
+        The answer's ``jobs`` may be the very mapping of an earlier answer only if slurmctld's answer
+        is unchanged since (``CommandBackend`` does so for a quiet cluster): a pass then repeats the
+        decisions it settled with that mapping without looking its jobs up again."""
         ...
 
     async def finished_jobs(self, slurm_ids: Sequence[str]) -> QueryResult:
