@@ -52,17 +52,18 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _STRING_LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 # Commas and brackets, in order: all that a value count and the nesting depth look at, a fifteenth of
 # Core's Jobs, so one C pass over the body (2.6 ms for 7.5 MB) replaces five (15 ms).
-_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b",[]{}")
+_STRUCTURE = b",[]{}"
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in _STRUCTURE)
 # For _proved_within_limits: a body's quotes, commas and brackets kept, every other byte an "a"; objects
 # as arrays (a body that is JSON nests them properly, and the peel only counts levels and entries);
 # an innermost container, whose entries are all scalars.
-_SHAPE_MARKS = bytes(b if b in b'",[]{}' else ord("a") for b in range(256))
-_QUOTE_MARKS = bytes(b if b == ord('"') else ord("a") for b in range(256))  # runs between quotes
+_QUOTE = ord('"')
+_SHAPE_MARKS = bytes(b if b in _STRUCTURE or b == _QUOTE else ord("a") for b in range(256))
+_QUOTE_MARKS = bytes(b if b == _QUOTE else ord("a") for b in range(256))  # runs between quotes
 _OBJECTS_AS_ARRAYS = bytes.maketrans(b"{}", b"[]")
 _INNERMOST_CONTAINER = re.compile(rb"\[,*\]")
 _PEEL_BUDGET = 4
 _BYTES_PER_ESCAPE = 64  # a body with more escapes than one in so many bytes is walked, not split up
-_QUOTE = ord('"')
 _BRACKET_STEP = [0] * 256
 for _byte in b"[{":
     _BRACKET_STEP[_byte] = 1
@@ -114,6 +115,7 @@ def parse_json_body(raw: bytes, limits: RequestLimits) -> Any:
     tree has no cycles (7.5 MB of Core's Jobs: 57-80 ms with the collector, 28 ms without).
     """
     proved = scan_raw(raw, limits)
+    search_characters = _RISKY_ESCAPE.search(raw) is not None  # whichever parser reads the body
     if not _has_long_number(raw):
         try:
             data = orjson.loads(raw)
@@ -123,7 +125,6 @@ def parse_json_body(raw: bytes, limits: RequestLimits) -> Any:
             # What orjson made needs no number check: without a 19-digit run every integer fits in
             # int64, and orjson refuses a number that is infinite as a double. What else check_tree
             # checks the bytes proved, unless a \u escape may hide a NUL or a lone surrogate.
-            search_characters = _RISKY_ESCAPE.search(raw) is not None
             if search_characters or not proved:
                 check_tree(data, limits, search_characters=search_characters)
             return data
@@ -137,7 +138,7 @@ def parse_json_body(raw: bytes, limits: RequestLimits) -> Any:
         raise Refused(f"the body is nested deeper than [server] max_depth ({limits.max_depth})") from None
     except ValueError as exc:  # Refused is a ValueError too: a NaN keeps its own message
         raise Refused(str(exc) if isinstance(exc, Refused) else f"the body is not JSON ({exc})") from None
-    check_tree(data, limits, search_characters=_RISKY_ESCAPE.search(raw) is not None)
+    check_tree(data, limits, search_characters=search_characters)
     return data
 
 
